@@ -1,0 +1,1 @@
+"""Code shared by tetsu services: the rpc library and the command line."""

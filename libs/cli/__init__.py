@@ -1,0 +1,1 @@
+"""The tetsu command line."""

@@ -1,0 +1,131 @@
+"""The message format on the wire.
+
+A request body is a JSON object::
+
+    {"rpc": 1, "msg_id": "<hex>", "method": "deploy_node", "version": "1.2",
+     "args": {"node_id": "..."}, "context": {"request_id": "req-...", "project_id": ...,
+     "user_id": ..., "roles": [...]}}
+
+A reply body is ``{"rpc": 1, "msg_id": ..., "result": <json>}`` or
+``{"rpc": 1, "msg_id": ..., "failure": {"type", "module", "message", "args", "traceback"}}``.
+
+The reply address is transport business: over AMQP it is the ``reply_to`` property (RabbitMQ
+direct reply-to) with ``correlation_id`` = ``msg_id``; the memory transport keeps it beside the
+message. Both are set by the transport when the message is a call.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from . import serializer
+from .context import RequestContext
+from .errors import MalformedMessage
+from .target import parse_version
+
+PROTOCOL = 1
+
+
+def new_msg_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A decoded request, ready for the dispatcher."""
+
+    msg_id: str
+    method: str
+    version: str
+    args: dict[str, Any]
+    context: RequestContext
+
+
+def encode_request(
+    ctxt: RequestContext, method: str, args: dict[str, Any], version: str, msg_id: str
+) -> bytes:
+    return serializer.dumps(
+        {
+            "rpc": PROTOCOL,
+            "msg_id": msg_id,
+            "method": method,
+            "version": version,
+            "args": args,
+            "context": ctxt,
+        }
+    )
+
+
+def decode_request(body: bytes) -> Request:
+    """Parse a request body, or raise :class:`MalformedMessage` saying what is wrong."""
+    try:
+        data = serializer.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedMessage(f"body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise MalformedMessage("body is not a JSON object")
+    method = data.get("method")
+    if not isinstance(method, str) or not method:
+        raise MalformedMessage("no method named")
+    args = data.get("args", {})
+    if not isinstance(args, dict):
+        raise MalformedMessage("args is not an object")
+    version = data.get("version", "1.0")
+    try:
+        parse_version(version)
+    except ValueError as exc:
+        raise MalformedMessage(str(exc)) from None
+    try:
+        context = RequestContext.model_validate(data.get("context") or {})
+    except ValidationError as exc:
+        raise MalformedMessage(f"bad context: {exc.error_count()} error(s)") from None
+    msg_id = data.get("msg_id")
+    return Request(
+        msg_id=msg_id if isinstance(msg_id, str) else "",
+        method=method,
+        version=version,
+        args=args,
+        context=context,
+    )
+
+
+def peek_msg_id(body: bytes) -> str | None:
+    """The msg_id of a body that may be malformed, for logging a refusal."""
+    try:
+        data = serializer.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    msg_id = data.get("msg_id") if isinstance(data, dict) else None
+    return msg_id if isinstance(msg_id, str) else None
+
+
+def encode_result(msg_id: str, result: Any) -> bytes:
+    return serializer.dumps({"rpc": PROTOCOL, "msg_id": msg_id, "result": result})
+
+
+def encode_failure(msg_id: str, failure: dict[str, Any]) -> bytes:
+    return serializer.dumps({"rpc": PROTOCOL, "msg_id": msg_id, "failure": failure})
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    msg_id: str
+    result: Any = None
+    failure: dict[str, Any] | None = None
+
+
+def decode_reply(body: bytes) -> Reply:
+    try:
+        data = serializer.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedMessage(f"reply is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise MalformedMessage("reply is not a JSON object")
+    failure = data.get("failure")
+    if failure is not None and not isinstance(failure, dict):
+        raise MalformedMessage("reply failure is not an object")
+    return Reply(msg_id=str(data.get("msg_id", "")), result=data.get("result"), failure=failure)

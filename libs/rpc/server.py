@@ -1,0 +1,151 @@
+"""The receiving side: an ``RPCServer`` runs a target's messages through a dispatcher.
+
+Handlers run on a bounded thread pool; at most ``workers`` messages are taken from the broker
+and not yet finished. A message is acknowledged after its handler returns (at least once). A
+message the server refuses (not JSON, no method, unknown method, incompatible version, wrong
+arguments) is logged with its msg_id, answered with the typed error if it was a call, and
+rejected for good (over AMQP it lands in the dead-letter queue). A handler's exception is
+returned to the caller of a call, logged for a cast, and the message is acknowledged: it
+would fail again if redelivered.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+
+from .dispatcher import Dispatcher
+from .envelope import decode_request, encode_failure, encode_result, peek_msg_id
+from .errors import RequestRefused, SerializationError, serialize_failure
+from .target import Target
+from .transports.base import Incoming, Listener, Transport
+
+LOG = logging.getLogger(__name__)
+
+
+class RPCServer:
+    """Serves ``endpoints`` on ``target`` (which names the topic and this server)."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        target: Target,
+        endpoints: Sequence[object],
+        *,
+        workers: int = 8,
+        debug: bool = False,
+    ) -> None:
+        if target.server is None:
+            raise ValueError("a server's target names the server: Target(topic, server=...)")
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.target = target
+        self.dispatcher = Dispatcher(endpoints)
+        self._transport = transport
+        self._workers = workers
+        self._debug = debug
+        self._listener: Listener | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+
+    def start(self, *, wait: float | None = 30.0) -> None:
+        """Start consuming; with ``wait``, block until the listener consumes (AMQP)."""
+        with self._lock:
+            if self._listener is not None:
+                raise RuntimeError("server already started")
+            self._pool = ThreadPoolExecutor(
+                max_workers=self._workers, thread_name_prefix=f"rpc-{self.target.topic}"
+            )
+            self._listener = self._transport.listen(self.target, prefetch=self._workers)
+            self._stopped.clear()
+            self._listener.start(self._submit)
+        waiter = getattr(self._listener, "wait_consuming", None)
+        if wait is not None and waiter is not None and not waiter(wait):
+            LOG.warning("server %s not consuming after %g s; still retrying", self.target, wait)
+
+    def stop(self) -> None:
+        """Stop taking messages, let in-flight handlers finish and settle, then release."""
+        with self._lock:
+            listener, pool = self._listener, self._pool
+            self._listener, self._pool = None, None
+        if listener is None or pool is None:
+            return
+        listener.stop()
+        pool.shutdown(wait=True)
+        listener.close()
+        self._stopped.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until :meth:`stop` has finished."""
+        return self._stopped.wait(timeout)
+
+    def __enter__(self) -> RPCServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _submit(self, incoming: Incoming) -> None:
+        pool = self._pool
+        if pool is None:  # stopping: the listener requeues what still arrives
+            return
+        pool.submit(self._handle, incoming)
+
+    def _handle(self, incoming: Incoming) -> None:
+        try:
+            self._process(incoming)
+        except Exception:  # never lose a worker, never leave a message unsettled
+            LOG.exception("unexpected error handling message %s", incoming.msg_id)
+
+    def _process(self, incoming: Incoming) -> None:
+        msg_id = incoming.msg_id or peek_msg_id(incoming.body) or "?"
+        try:
+            request = decode_request(incoming.body)
+            msg_id = request.msg_id or msg_id
+            result = self.dispatcher.dispatch(
+                request.context, request.method, request.args, request.version
+            )
+        except RequestRefused as exc:
+            LOG.warning("refused message %s: %s: %s", msg_id, type(exc).__name__, exc)
+            incoming.reject(self._failure(msg_id, exc) if incoming.expects_reply else None)
+            return
+        except Exception as exc:
+            if incoming.expects_reply:
+                LOG.info(
+                    "call %s (%s) raised %s: %s",
+                    msg_id,
+                    request.method,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=self._debug,
+                )
+            else:
+                LOG.exception("cast %s (%s) failed", msg_id, request.method)
+            incoming.finish(self._failure(msg_id, exc) if incoming.expects_reply else None)
+            return
+        reply = None
+        if incoming.expects_reply:
+            try:
+                reply = encode_result(msg_id, result)
+            except SerializationError as exc:
+                LOG.error(
+                    "call %s (%s) returned a value that is not JSON: %s",
+                    msg_id,
+                    request.method,
+                    exc,
+                )
+                reply = self._failure(msg_id, exc)
+        incoming.finish(reply)
+
+    def _failure(self, msg_id: str, exc: BaseException) -> bytes:
+        return encode_failure(msg_id, serialize_failure(exc, with_traceback=self._debug))

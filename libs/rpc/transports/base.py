@@ -1,0 +1,77 @@
+"""The transport interface: moves opaque message bodies between clients and servers.
+
+Both transports route the same way, so code tested on the memory transport behaves alike on
+RabbitMQ:
+
+- a cast to a topic waits in the topic's durable queue until some server of the topic takes
+  it, even when none runs yet (competing consumers);
+- a cast to one server waits in that server's durable queue; if that server never existed
+  the cast is returned (:class:`NoConsumer`);
+- a fanout cast reaches every server of the topic running at that moment;
+- a call reaches one running server (of the topic, or the named one); when none runs it
+  fails at once with :class:`NoConsumer`, and it expires unread after its timeout.
+
+Delivery is at least once: a server settles a message after its handler returns, so a
+message in flight when a server or the broker dies is delivered again.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+from ..target import Target
+
+
+class Incoming(ABC):
+    """One received message. Settle it exactly once, from any thread."""
+
+    body: bytes
+    msg_id: str | None
+    expects_reply: bool
+    redelivered: bool
+
+    @abstractmethod
+    def finish(self, reply: bytes | None = None) -> None:
+        """Send ``reply`` (for a call) and acknowledge: the message is done."""
+
+    @abstractmethod
+    def reject(self, reply: bytes | None = None) -> None:
+        """Send ``reply`` (for a call) and drop the message for good: it will not come back."""
+
+
+class Listener(ABC):
+    """Receives a server's messages and hands them to ``deliver`` one at a time.
+
+    At most ``prefetch`` messages are handed over and not yet settled at any moment.
+    """
+
+    @abstractmethod
+    def start(self, deliver: Callable[[Incoming], None]) -> None: ...
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop receiving; messages already handed over can still be settled."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release everything; call after every handed-over message is settled."""
+
+
+class Transport(ABC):
+    """How messages reach servers: RabbitMQ (:class:`AMQPTransport`) or in-process memory."""
+
+    @abstractmethod
+    def send(self, target: Target, body: bytes, *, msg_id: str) -> None:
+        """Deliver a cast durably; returns once the message is safe (broker-confirmed)."""
+
+    @abstractmethod
+    def request(self, target: Target, body: bytes, *, msg_id: str, timeout: float) -> bytes:
+        """Deliver a call and return the reply body (raises Timeout, NoConsumer)."""
+
+    @abstractmethod
+    def listen(self, target: Target, *, prefetch: int) -> Listener:
+        """A listener on the target's topic queue, its server queue and its fanout."""
+
+    @abstractmethod
+    def close(self) -> None: ...

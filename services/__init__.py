@@ -1,0 +1,1 @@
+"""tetsu's services: api, scheduler, conductor and netctl, each its own process."""

@@ -1,0 +1,1 @@
+"""The HTTP API service (FastAPI): instances, nodes, ports, flavors, images, networks."""

@@ -1,0 +1,1 @@
+"""The conductor service: drives nodes through their state machine with hardware drivers."""

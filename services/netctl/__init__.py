@@ -1,0 +1,1 @@
+"""The network controller service: OpenFlow programming of Open vSwitch for tenant isolation."""

@@ -1,0 +1,1 @@
+"""The scheduler service: picks and atomically claims a node for each instance."""

@@ -1,0 +1,1 @@
+"""tetsu tests: unit/ (fakes, memory transport), integration/ (real RabbitMQ)."""

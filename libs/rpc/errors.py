@@ -14,10 +14,12 @@ Hierarchy::
         ├── UnsupportedVersion    endpoints expose it, none at a compatible version
         └── InvalidArguments      the arguments do not fit the method's signature
 
-A handler's exception travels as ``{"type", "module", "message", "args", "traceback"}``.
-The caller re-raises it as its own class only when that class is in the client's
-allowlist (the library's own refusals are always allowed); anything else becomes a
-:class:`RemoteError` that keeps the remote type name and message.
+A handler's exception travels as ``{"type", "module", "message", "args", "kwargs",
+"traceback"}``. The caller re-raises it as its own class only when that class is in the
+client's allowlist (the library's own refusals are always allowed), rebuilt with
+``cls(**exc.kwargs)`` when the exception keeps a JSON-safe ``kwargs`` dict (the convention
+for tetsu's own errors), else with ``cls(*exc.args)``; anything else, or an exception that
+cannot be rebuilt, becomes a :class:`RemoteError` keeping the remote type name and message.
 """
 
 from __future__ import annotations
@@ -96,12 +98,12 @@ def qualified_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _json_safe_args(args: tuple[Any, ...]) -> list[Any] | None:
+def _json_safe(value: Any) -> Any:
     try:
-        json.dumps(args)
+        json.dumps(value)
     except (TypeError, ValueError):
         return None
-    return list(args)
+    return value
 
 
 def serialize_failure(exc: BaseException, *, with_traceback: bool) -> dict[str, Any]:
@@ -113,7 +115,10 @@ def serialize_failure(exc: BaseException, *, with_traceback: bool) -> dict[str, 
         "type": type(exc).__qualname__,
         "module": type(exc).__module__,
         "message": str(exc),
-        "args": _json_safe_args(exc.args),
+        "args": _json_safe(list(exc.args)),
+        "kwargs": _json_safe(kwargs)
+        if isinstance(kwargs := getattr(exc, "kwargs", None), dict)
+        else None,
         "traceback": tb,
     }
 
@@ -135,9 +140,14 @@ class ErrorRegistry:
         remote_tb = failure.get("traceback")
         cls = self._by_name.get(name)
         if cls is not None:
-            args = failure.get("args")
+            args, kwargs = failure.get("args"), failure.get("kwargs")
             try:
-                exc = cls(*args) if isinstance(args, list) else cls(message)
+                if isinstance(kwargs, dict):
+                    exc = cls(**kwargs)
+                elif isinstance(args, list):
+                    exc = cls(*args)
+                else:
+                    exc = cls(message)
             except Exception:
                 exc = RemoteError(name, message, remote_tb)
             else:

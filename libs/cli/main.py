@@ -1,0 +1,140 @@
+"""The ``tetsu`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from libs import rpc
+
+from . import demo
+
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+app = typer.Typer(
+    help="tetsu: a bare-metal cloud. Instances on physical machines over IPMI, PXE and OpenFlow.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+rpc_app = typer.Typer(
+    help="Send a message on the bus by hand (debugging and operations).", no_args_is_help=True
+)
+app.add_typer(rpc_app, name="rpc")
+
+UrlOption = Annotated[
+    str,
+    typer.Option(
+        "--url",
+        envvar="TETSU_TRANSPORT_URL",
+        help="Message bus: amqp://user:pass@host:port/vhost, or memory://.",
+    ),
+]
+console = Console()
+
+
+@app.command("demo")
+def demo_command(
+    url: UrlOption = DEFAULT_URL,
+    casts: Annotated[int, typer.Option(min=1, max=10_000, help="How many casts to send.")] = 5,
+) -> None:
+    """Start a demo server in a second process and talk to it with a call and casts."""
+    process = demo.start_server_process(url)
+    try:
+        rows = demo.run_client(url, casts)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    table = Table(
+        title=f"libs/rpc demo: this process (pid {os.getpid()}) -> demo-server "
+        f"(pid {process.pid}) over the bus"
+    )
+    table.add_column("message")
+    table.add_column("answer")
+    table.add_column("ms", justify="right")
+    for what, answer, millis in rows:
+        table.add_row(what, answer, f"{millis:.2f}" if millis else "")
+    console.print(table)
+
+
+@app.command("demo-server", hidden=True)
+def demo_server_command(url: UrlOption = DEFAULT_URL) -> None:
+    """Run the demo server (started by `tetsu demo`)."""
+    demo.serve(url)
+
+
+def _parse_args(pairs: list[str]) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{pair!r}: arguments are name=value")
+        try:
+            args[key] = json.loads(raw)
+        except ValueError:
+            args[key] = raw  # a bare word is a string
+    return args
+
+
+@rpc_app.command("call")
+def rpc_call(
+    topic: Annotated[str, typer.Argument(help="Service topic, e.g. conductor.")],
+    method: Annotated[str, typer.Argument(help="Exposed method name.")],
+    args: Annotated[list[str] | None, typer.Argument(help="name=value; values are JSON.")] = None,
+    url: UrlOption = DEFAULT_URL,
+    server: Annotated[str | None, typer.Option(help="Send to this server only.")] = None,
+    version: Annotated[str, typer.Option(help="API version to request.")] = "1.0",
+    exchange: Annotated[str, typer.Option(help="Exchange of the deployment.")] = "tetsu",
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait.")] = 30.0,
+) -> None:
+    """Call METHOD on TOPIC and print the result as JSON."""
+    transport = rpc.transport_from_url(url, exchange=exchange)
+    try:
+        client = rpc.RPCClient(
+            transport, rpc.Target(topic, server=server, version=version), timeout=timeout
+        )
+        result = client.call(rpc.RequestContext.admin(), method, **_parse_args(args or []))
+    except rpc.RPCError as exc:
+        console.print(f"[red]{type(exc).__name__}[/red]: {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        transport.close()
+    console.print_json(json.dumps(result))
+
+
+@rpc_app.command("cast")
+def rpc_cast(
+    topic: Annotated[str, typer.Argument(help="Service topic, e.g. conductor.")],
+    method: Annotated[str, typer.Argument(help="Exposed method name.")],
+    args: Annotated[list[str] | None, typer.Argument(help="name=value; values are JSON.")] = None,
+    url: UrlOption = DEFAULT_URL,
+    server: Annotated[str | None, typer.Option(help="Send to this server only.")] = None,
+    fanout: Annotated[bool, typer.Option(help="Send to every server of the topic.")] = False,
+    version: Annotated[str, typer.Option(help="API version to request.")] = "1.0",
+    exchange: Annotated[str, typer.Option(help="Exchange of the deployment.")] = "tetsu",
+) -> None:
+    """Cast METHOD to TOPIC (returns once the broker has it)."""
+    transport = rpc.transport_from_url(url, exchange=exchange)
+    try:
+        client = rpc.RPCClient(
+            transport, rpc.Target(topic, server=server, fanout=fanout, version=version)
+        )
+        client.cast(rpc.RequestContext.admin(), method, **_parse_args(args or []))
+    except rpc.RPCError as exc:
+        console.print(f"[red]{type(exc).__name__}[/red]: {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        transport.close()
+    console.print("sent")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -80,55 +81,75 @@ def _parse_args(pairs: list[str]) -> dict[str, Any]:
     return args
 
 
-@rpc_app.command("call")
-def rpc_call(
-    topic: Annotated[str, typer.Argument(help="Service topic, e.g. conductor.")],
-    method: Annotated[str, typer.Argument(help="Exposed method name.")],
-    args: Annotated[list[str] | None, typer.Argument(help="name=value; values are JSON.")] = None,
-    url: UrlOption = DEFAULT_URL,
-    server: Annotated[str | None, typer.Option(help="Send to this server only.")] = None,
-    version: Annotated[str, typer.Option(help="API version to request.")] = "1.0",
-    exchange: Annotated[str, typer.Option(help="Exchange of the deployment.")] = "tetsu",
-    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait.")] = 30.0,
-) -> None:
-    """Call METHOD on TOPIC and print the result as JSON."""
+TopicArg = Annotated[str, typer.Argument(help="Service topic, e.g. conductor.")]
+MethodArg = Annotated[str, typer.Argument(help="Exposed method name.")]
+ArgsArg = Annotated[list[str] | None, typer.Argument(help="name=value; values are JSON.")]
+ServerOption = Annotated[str | None, typer.Option(help="Send to this server only.")]
+VersionOption = Annotated[str, typer.Option(help="API version to request.")]
+ExchangeOption = Annotated[str, typer.Option(help="Exchange of the deployment.")]
+
+
+def _send(
+    url: str,
+    exchange: str,
+    target: rpc.Target,
+    send: Callable[[rpc.RPCClient], Any],
+    timeout: float = 30.0,
+) -> Any:
+    """Run ``send`` with a client on ``target``; an RPC error is printed, exit status 1."""
     transport = rpc.transport_from_url(url, exchange=exchange)
     try:
-        client = rpc.RPCClient(
-            transport, rpc.Target(topic, server=server, version=version), timeout=timeout
-        )
-        result = client.call(rpc.RequestContext.admin(), method, **_parse_args(args or []))
+        return send(rpc.RPCClient(transport, target, timeout=timeout))
     except rpc.RPCError as exc:
         console.print(f"[red]{type(exc).__name__}[/red]: {exc}")
         raise typer.Exit(1) from None
     finally:
         transport.close()
+
+
+@rpc_app.command("call")
+def rpc_call(
+    topic: TopicArg,
+    method: MethodArg,
+    args: ArgsArg = None,
+    url: UrlOption = DEFAULT_URL,
+    server: ServerOption = None,
+    version: VersionOption = "1.0",
+    exchange: ExchangeOption = "tetsu",
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait.")] = 30.0,
+) -> None:
+    """Call METHOD on TOPIC and print the result as JSON."""
+    kwargs = _parse_args(args or [])
+    result = _send(
+        url,
+        exchange,
+        rpc.Target(topic, server=server, version=version),
+        lambda client: client.call(rpc.RequestContext.admin(), method, **kwargs),
+        timeout,
+    )
     console.print_json(json.dumps(result))
 
 
 @rpc_app.command("cast")
 def rpc_cast(
-    topic: Annotated[str, typer.Argument(help="Service topic, e.g. conductor.")],
-    method: Annotated[str, typer.Argument(help="Exposed method name.")],
-    args: Annotated[list[str] | None, typer.Argument(help="name=value; values are JSON.")] = None,
+    topic: TopicArg,
+    method: MethodArg,
+    args: ArgsArg = None,
     url: UrlOption = DEFAULT_URL,
-    server: Annotated[str | None, typer.Option(help="Send to this server only.")] = None,
+    server: ServerOption = None,
     fanout: Annotated[bool, typer.Option(help="Send to every server of the topic.")] = False,
-    version: Annotated[str, typer.Option(help="API version to request.")] = "1.0",
-    exchange: Annotated[str, typer.Option(help="Exchange of the deployment.")] = "tetsu",
+    version: VersionOption = "1.0",
+    exchange: ExchangeOption = "tetsu",
 ) -> None:
     """Cast METHOD to TOPIC (returns once the broker has it)."""
-    transport = rpc.transport_from_url(url, exchange=exchange)
-    try:
-        client = rpc.RPCClient(
-            transport, rpc.Target(topic, server=server, fanout=fanout, version=version)
-        )
-        client.cast(rpc.RequestContext.admin(), method, **_parse_args(args or []))
-    except rpc.RPCError as exc:
-        console.print(f"[red]{type(exc).__name__}[/red]: {exc}")
-        raise typer.Exit(1) from None
-    finally:
-        transport.close()
+    kwargs = _parse_args(args or [])
+    target = rpc.Target(topic, server=server, fanout=fanout, version=version)
+    _send(
+        url,
+        exchange,
+        target,
+        lambda client: client.cast(rpc.RequestContext.admin(), method, **kwargs),
+    )
     console.print("sent")
 
 

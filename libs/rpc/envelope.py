@@ -60,14 +60,19 @@ def encode_request(
     )
 
 
-def decode_request(body: bytes) -> Request:
-    """Parse a request body, or raise :class:`MalformedMessage` saying what is wrong."""
+def _load_object(body: bytes, what: str) -> dict[str, Any]:
     try:
         data = serializer.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedMessage(f"body is not JSON: {exc}") from None
+        raise MalformedMessage(f"{what} is not JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise MalformedMessage("body is not a JSON object")
+        raise MalformedMessage(f"{what} is not a JSON object")
+    return data
+
+
+def decode_request(body: bytes) -> Request:
+    """Parse a request body, or raise :class:`MalformedMessage` saying what is wrong."""
+    data = _load_object(body, "body")
     method = data.get("method")
     if not isinstance(method, str) or not method:
         raise MalformedMessage("no method named")
@@ -119,12 +124,7 @@ class Reply:
 
 
 def decode_reply(body: bytes) -> Reply:
-    try:
-        data = serializer.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MalformedMessage(f"reply is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise MalformedMessage("reply is not a JSON object")
+    data = _load_object(body, "reply")
     failure = data.get("failure")
     if failure is not None and not isinstance(failure, dict):
         raise MalformedMessage("reply failure is not an object")

@@ -25,9 +25,10 @@ carries a per-message TTL equal to its timeout so a late server never runs a cal
 caller gave up. Replies use RabbitMQ direct reply-to: no reply queue is declared.
 
 Threads. Each calling thread has its own connection (a call is one publish and one read on
-it, nothing shared, no lock). A server's connection belongs to its listener thread, which
-waits on the socket and on a wake-up pipe at once: workers hand finished messages back through
-the pipe, and that thread publishes the reply and acknowledges.
+it, nothing shared, no lock). A server's connection is read by its listener thread, which
+waits in ``select`` outside any lock and takes the connection's lock only to read the frames
+that arrived; a worker that finishes takes the same lock to publish its reply and acknowledge
+at once, without handing the message back to another thread.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import random
 import select
 import socket
@@ -330,37 +330,25 @@ class _Session:
             self._conn.release()
 
 
-@dataclass(slots=True)
-class _Settle:
-    generation: int
-    delivery_tag: int
-    reply_to: str | None
-    correlation_id: str | None
-    reply: bytes | None
-    ack: bool
-
-
 class _AMQPIncoming(Incoming):
     def __init__(self, listener: _AMQPListener, message: amqp.Message, generation: int) -> None:
         self._listener = listener
-        self._generation = generation
-        self._tag: int = message.delivery_info["delivery_tag"]
+        self.generation = generation
+        self.delivery_tag: int = message.delivery_info["delivery_tag"]
         props = message.properties
-        self._reply_to: str | None = props.get("reply_to")
-        self._correlation_id: str | None = props.get("correlation_id")
+        self.reply_to: str | None = props.get("reply_to")
+        self.correlation_id: str | None = props.get("correlation_id")
         self._settled = False
         self.body = message.body if isinstance(message.body, bytes) else bytes(message.body)
         self.msg_id = props.get("message_id")
-        self.expects_reply = self._reply_to is not None
+        self.expects_reply = self.reply_to is not None
         self.redelivered = bool(message.delivery_info.get("redelivered"))
 
     def _settle(self, reply: bytes | None, ack: bool) -> None:
         if self._settled:
             raise RuntimeError("message settled twice")
         self._settled = True
-        self._listener._hand_back(
-            _Settle(self._generation, self._tag, self._reply_to, self._correlation_id, reply, ack)
-        )
+        self._listener._settle(self, reply, ack)
 
     def finish(self, reply: bytes | None = None) -> None:
         self._settle(reply, ack=True)
@@ -370,13 +358,19 @@ class _AMQPIncoming(Incoming):
 
 
 class _AMQPListener(Listener):
+    """Owns one connection. Its thread waits in ``select`` outside any lock and takes
+    ``_lock`` to read frames; workers take the same lock to publish a reply and acknowledge
+    straight away, so py-amqp is never entered by two threads at once and no hand-off back
+    to the listener thread is needed."""
+
     def __init__(self, transport: AMQPTransport, target: Target, prefetch: int) -> None:
         self._transport = transport
         self._target = target
         self._names = _Names.of(transport.exchange, target)
         self._topic_names = _Names.of(transport.exchange, Target(target.topic))
         self._prefetch = prefetch
-        self._settles: queue.SimpleQueue[_Settle] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._channel: Any = None  # the live channel, under _lock; None while reconnecting
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -415,9 +409,32 @@ class _AMQPListener(Listener):
             os.close(self._wake_r)
             os.close(self._wake_w)
 
-    def _hand_back(self, settle: _Settle) -> None:
-        self._settles.put(settle)
-        self._wake()
+    def _settle(self, incoming: _AMQPIncoming, reply: bytes | None, ack: bool) -> None:
+        """Publish the reply and acknowledge, from the worker thread that finished."""
+        with self._lock:
+            channel = self._channel
+            if channel is None:
+                return  # reconnecting: the broker redelivers the message; the caller retries
+            try:
+                if reply is not None and incoming.reply_to:
+                    channel.basic_publish(
+                        amqp.Message(
+                            reply, content_type=CONTENT_TYPE, correlation_id=incoming.correlation_id
+                        ),
+                        exchange="",
+                        routing_key=incoming.reply_to,
+                    )
+                if incoming.generation != self._generation:
+                    return  # its delivery tag died with the old connection; it is redelivered
+                if ack:
+                    channel.basic_ack(incoming.delivery_tag)
+                else:
+                    channel.basic_reject(incoming.delivery_tag, requeue=False)
+            except self._transport.recoverable_errors as exc:
+                LOG.warning(
+                    "could not settle %s (%r); it will be redelivered", incoming.msg_id, exc
+                )
+                self._wake()  # the listener thread finds the dead connection and reconnects
 
     def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
@@ -431,8 +448,10 @@ class _AMQPListener(Listener):
             conn = None
             try:
                 conn = self._transport.connect(heartbeat=self._transport.heartbeat)
-                channel = conn.channel()
-                tags = self._declare_and_consume(channel)
+                with self._lock:
+                    channel = conn.channel()
+                    tags = self._declare_and_consume(channel)
+                    self._channel = channel
                 self._consuming.set()
                 if attempt:
                     LOG.info(
@@ -442,26 +461,25 @@ class _AMQPListener(Listener):
                     )
                 attempt = 0
                 self._loop(conn, channel, tags)
-            except self._transport.recoverable_errors as exc:
-                self._consuming.clear()
-                self._generation += 1  # deliveries of the dead connection come back anyway
+            except Exception as exc:
+                recoverable = isinstance(exc, self._transport.recoverable_errors)
                 LOG.warning(
                     "listener on %s lost %s (%r), reconnecting",
                     self._target.topic,
                     self._transport.safe_url,
                     exc,
+                    exc_info=not recoverable,
                 )
-                self._closing.wait(backoff_delay(attempt))
-                attempt += 1
-            except Exception:
-                LOG.exception("listener on %s failed; reconnecting", self._target.topic)
                 self._consuming.clear()
-                self._generation += 1
+                with self._lock:
+                    self._channel = None
+                    self._generation += 1  # deliveries of the dead connection come back
                 self._closing.wait(backoff_delay(attempt))
                 attempt += 1
             finally:
                 if conn is not None:
-                    with contextlib.suppress(Exception):
+                    with self._lock, contextlib.suppress(Exception):
+                        self._channel = None
                         conn.release()
         self._consuming.clear()
 
@@ -480,10 +498,11 @@ class _AMQPListener(Listener):
         channel.queue_declare(names.fanout_queue, durable=False, exclusive=True, auto_delete=True)
         channel.queue_bind(names.fanout_queue, names.fanout_exchange, "")
         queues.append(names.fanout_queue)
-        channel.basic_qos(0, self._prefetch, False)
+        # global=True: the limit holds for the channel, across its five consumers.
+        channel.basic_qos(0, self._prefetch, True)
         generation = self._generation
 
-        def on_message(message: amqp.Message) -> None:
+        def on_message(message: amqp.Message) -> None:  # listener thread, under _lock
             if self._stopping.is_set():
                 channel.basic_reject(message.delivery_info["delivery_tag"], requeue=True)
                 return
@@ -497,47 +516,23 @@ class _AMQPListener(Listener):
         sock = amqp_conn.sock
         interval = self._transport.heartbeat / 4 if self._transport.heartbeat else 1.0
         cancelled = False
-        while True:
+        while not self._closing.is_set():
             if self._stopping.is_set() and not cancelled:
-                for tag in tags:
-                    channel.basic_cancel(tag)
+                with self._lock:
+                    for tag in tags:
+                        channel.basic_cancel(tag)
                 cancelled = True
-            self._settle_all(channel)
-            if self._closing.is_set():
-                return
             readable, _, _ = select.select([sock, self._wake_r], [], [], interval)
             if self._wake_r in readable:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
-            if sock in readable:
-                # Read every frame already here, without waiting for more.
-                while True:
-                    with contextlib.suppress(socket.timeout):
-                        amqp_conn.blocking_read(timeout=1.0)
-                    if not select.select([sock], [], [], 0)[0]:
-                        break
-            if self._transport.heartbeat:
-                conn.heartbeat_check()
-
-    def _settle_all(self, channel: Any) -> None:
-        while True:
-            try:
-                settle = self._settles.get_nowait()
-            except queue.Empty:
-                return
-            if settle.reply is not None and settle.reply_to:
-                channel.basic_publish(
-                    amqp.Message(
-                        settle.reply,
-                        content_type=CONTENT_TYPE,
-                        correlation_id=settle.correlation_id,
-                    ),
-                    exchange="",
-                    routing_key=settle.reply_to,
-                )
-            if settle.generation != self._generation:
-                continue  # its delivery tag died with the old connection; it is redelivered
-            if settle.ack:
-                channel.basic_ack(settle.delivery_tag)
-            else:
-                channel.basic_reject(settle.delivery_tag, requeue=False)
+            with self._lock:
+                if sock in readable:
+                    # Read every frame already here, without waiting for more.
+                    while True:
+                        with contextlib.suppress(socket.timeout):
+                            amqp_conn.blocking_read(timeout=1.0)
+                        if not select.select([sock], [], [], 0)[0]:
+                            break
+                if self._transport.heartbeat:
+                    conn.heartbeat_check()

@@ -336,3 +336,39 @@ def test_concurrent_callers(serve, client):
     for thread in threads:
         thread.join()
     assert sorted(results) == sorted(n * 100 + i for n in range(8) for i in range(25))
+
+
+class Gauge:
+    """Counts handlers running at once."""
+
+    RPC_API_VERSION = "1.0"
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running = 0
+        self.peak = 0
+        self.done = 0
+
+    @rpc.expose
+    def hold(self, ctxt: rpc.RequestContext, seconds: float) -> None:
+        with self.lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        time.sleep(seconds)
+        with self.lock:
+            self.running -= 1
+            self.done += 1
+
+
+def test_no_more_than_workers_handlers_run_at_once(transport, topic):
+    gauge = Gauge()
+    server = rpc.RPCServer(transport, rpc.Target(topic, server="s1"), [gauge], workers=3)
+    client = rpc.RPCClient(transport, rpc.Target(topic))
+    with server:
+        for _ in range(12):
+            client.cast(CTX, "hold", seconds=0.05)
+        deadline = time.monotonic() + 20
+        while gauge.done < 12 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert gauge.done == 12
+    assert gauge.peak == 3

@@ -50,6 +50,7 @@ class RPCServer:
         self._listener: Listener | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._stopped = threading.Event()
+        self._stopping = False
         self._lock = threading.Lock()
 
     def start(self, *, wait: float | None = 30.0) -> None:
@@ -71,12 +72,14 @@ class RPCServer:
         """Stop taking messages, let in-flight handlers finish and settle, then release."""
         with self._lock:
             listener, pool = self._listener, self._pool
-            self._listener, self._pool = None, None
-        if listener is None or pool is None:
-            return
-        listener.stop()
+            if listener is None or pool is None or self._stopping:
+                return
+            self._stopping = True
+        listener.stop()  # returns once nothing more is delivered to the pool
         pool.shutdown(wait=True)
         listener.close()
+        with self._lock:
+            self._listener, self._pool, self._stopping = None, None, False
         self._stopped.set()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -96,10 +99,8 @@ class RPCServer:
         self.stop()
 
     def _submit(self, incoming: Incoming) -> None:
-        pool = self._pool
-        if pool is None:  # stopping: the listener requeues what still arrives
-            return
-        pool.submit(self._handle, incoming)
+        assert self._pool is not None  # listeners deliver nothing after stop() returned
+        self._pool.submit(self._handle, incoming)
 
     def _handle(self, incoming: Incoming) -> None:
         try:

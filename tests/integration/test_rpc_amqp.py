@@ -4,6 +4,8 @@ in the middle of 1,000 casts."""
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -125,3 +127,59 @@ def test_broker_crash_during_1000_casts_loses_nothing(tmp_path):
     assert set(seen) == set(range(total))
     duplicates = sum(count - 1 for count in seen.values())
     print(f"broker killed after {killed_at} casts; {duplicates} duplicate deliveries")
+
+
+def test_cast_in_flight_in_a_killed_server_is_redelivered(amqp_url, exchange, topic):
+    """A server process dies (kill -9) inside a handler: another server runs the cast."""
+    doomed = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.slow_server", amqp_url, exchange, topic],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert doomed.stdout is not None
+        assert doomed.stdout.readline().strip() == "ready"
+        transport = rpc.AMQPTransport(amqp_url, exchange=exchange)
+        rpc.RPCClient(transport, rpc.Target(topic)).cast(CTX, "work", job="j1")
+        assert doomed.stdout.readline().strip() == "started j1"
+        doomed.kill()
+        doomed.wait(timeout=30)
+
+        done = threading.Event()
+        redelivered: list[bool] = []
+
+        class Survivor:
+            RPC_API_VERSION = "1.0"
+
+            @rpc.expose
+            def work(self, ctxt: rpc.RequestContext, job: str) -> None:
+                redelivered.append(job == "j1")
+                done.set()
+
+        with rpc.RPCServer(transport, rpc.Target(topic, server="survivor"), [Survivor()]):
+            assert done.wait(30), "the cast died with the server that was running it"
+        assert redelivered == [True]
+        transport.close()
+    finally:
+        doomed.kill()
+
+
+def test_credentials_never_appear_in_errors_or_logs(caplog):
+    secret = "s3cret-pw"
+    transport = rpc.AMQPTransport(
+        f"amqp://admin:{secret}@127.0.0.1:1//", connect_timeout=0.5, publish_retry_timeout=1
+    )
+    client = rpc.RPCClient(transport, rpc.Target("anything"), timeout=1)
+    with caplog.at_level("DEBUG"):
+        with pytest.raises(rpc.TransportError) as call_error:
+            client.call(CTX, "ping")
+        with pytest.raises(rpc.TransportError) as cast_error:
+            client.cast(CTX, "ping")
+    for text in (
+        str(call_error.value),
+        str(cast_error.value),
+        caplog.text,
+        repr(call_error.value.__cause__),
+    ):
+        assert secret not in text
+    assert "127.0.0.1:1" in str(call_error.value)

@@ -59,6 +59,8 @@ LOG = logging.getLogger(__name__)
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 CONTENT_TYPE = "application/json"
 DEAD_LETTER_LIMIT = 10_000
+#: A broker that neither confirms nor fails a publish within this is treated as lost.
+CONFIRM_TIMEOUT = 30.0
 
 
 def backoff_delay(attempt: int, *, base: float = 0.1, cap: float = 2.0) -> float:
@@ -234,18 +236,22 @@ class _Session:
 
     def __init__(self, transport: AMQPTransport) -> None:
         self._transport = transport
-        self._conn = transport.connect()
-        self._call_channel = self._conn.channel()
-        self._cast_channel = self._conn.channel()
         self._awaiting: str | None = None
         self._reply: bytes | None = None
         self._returned: set[str] = set()
         self._declared: set[str] = set()
-        self._call_channel.basic_consume(DIRECT_REPLY_TO, no_ack=True, callback=self._on_reply)
-        for channel in (self._call_channel, self._cast_channel):
-            channel.events["basic_return"].add(self._on_return)
-        self._cast_channel.confirm_select()
-        self._cast_channel._confirm_selected = True
+        self._conn = transport.connect()
+        try:
+            self._call_channel = self._conn.channel()
+            self._cast_channel = self._conn.channel()
+            self._call_channel.basic_consume(DIRECT_REPLY_TO, no_ack=True, callback=self._on_reply)
+            for channel in (self._call_channel, self._cast_channel):
+                channel.events["basic_return"].add(self._on_return)
+            self._cast_channel.confirm_select()
+            self._cast_channel._confirm_selected = True
+        except BaseException:
+            self.close()
+            raise
 
     def _on_reply(self, message: amqp.Message) -> None:
         if message.properties.get("correlation_id") == self._awaiting:
@@ -285,7 +291,11 @@ class _Session:
             exchange, key, mandatory = names.exchange, names.cast, True
         self._returned.discard(msg_id)
         self._cast_channel.basic_publish_confirm(
-            message, exchange=exchange, routing_key=key, mandatory=mandatory
+            message,
+            exchange=exchange,
+            routing_key=key,
+            mandatory=mandatory,
+            confirm_timeout=CONFIRM_TIMEOUT,
         )
         if msg_id in self._returned:
             self._returned.discard(msg_id)
@@ -377,6 +387,7 @@ class _AMQPListener(Listener):
         self._stopping = threading.Event()
         self._closing = threading.Event()
         self._consuming = threading.Event()
+        self._cancelled = threading.Event()  # no delivery reaches ``deliver`` any more
         self._generation = 0
         self._deliver: Callable[[Incoming], None] | None = None
         self._thread: threading.Thread | None = None
@@ -394,9 +405,12 @@ class _AMQPListener(Listener):
     def wait_consuming(self, timeout: float | None) -> bool:
         return self._consuming.wait(timeout)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Cancel the consumers; returns once nothing more is handed to ``deliver``."""
         self._stopping.set()
         self._wake()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._cancelled.wait(timeout)
 
     def close(self) -> None:
         self._stopping.set()
@@ -445,6 +459,10 @@ class _AMQPListener(Listener):
     def _run(self) -> None:
         attempt = 0
         while not self._closing.is_set():
+            if self._stopping.is_set():  # stopped while disconnected: do not consume again
+                self._cancelled.set()
+                self._closing.wait()
+                break
             conn = None
             try:
                 conn = self._transport.connect(heartbeat=self._transport.heartbeat)
@@ -482,6 +500,7 @@ class _AMQPListener(Listener):
                         self._channel = None
                         conn.release()
         self._consuming.clear()
+        self._cancelled.set()
 
     def _declare_and_consume(self, channel: Any) -> list[str]:
         names = self._names
@@ -522,6 +541,7 @@ class _AMQPListener(Listener):
                     for tag in tags:
                         channel.basic_cancel(tag)
                 cancelled = True
+                self._cancelled.set()
             readable, _, _ = select.select([sock, self._wake_r], [], [], interval)
             if self._wake_r in readable:
                 with contextlib.suppress(BlockingIOError):

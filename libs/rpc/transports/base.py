@@ -51,7 +51,8 @@ class Listener(ABC):
 
     @abstractmethod
     def stop(self) -> None:
-        """Stop receiving; messages already handed over can still be settled."""
+        """Stop receiving; returns once ``deliver`` is not called any more. Messages already
+        handed over can still be settled."""
 
     @abstractmethod
     def close(self) -> None:

@@ -1,12 +1,12 @@
 """The receiving side: an ``RPCServer`` runs a target's messages through a dispatcher.
 
-Handlers run on a bounded thread pool; at most ``workers`` messages are taken from the broker
-and not yet finished. A message is acknowledged after its handler returns (at least once). A
-message the server refuses (not JSON, no method, unknown method, incompatible version, wrong
-arguments) is logged with its msg_id, answered with the typed error if it was a call, and
-rejected for good (over AMQP it lands in the dead-letter queue). A handler's exception is
-returned to the caller of a call, logged for a cast, and the message is acknowledged: it
-would fail again if redelivered.
+Handlers run on ``workers`` threads of the transport's listener; at most ``workers``
+messages are taken from the broker and not yet finished. A message is acknowledged after its
+handler returns (at least once). A message the server refuses (not JSON, no method, unknown
+method, incompatible version, wrong arguments) is logged with its msg_id, answered with the
+typed error if it was a call, and rejected for good (over AMQP it lands in the dead-letter
+queue). A handler's exception is returned to the caller of a call, logged for a cast, and the
+message is acknowledged: it would fail again if redelivered.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
 from .dispatcher import Dispatcher
@@ -48,7 +47,6 @@ class RPCServer:
         self._workers = workers
         self._debug = debug
         self._listener: Listener | None = None
-        self._pool: ThreadPoolExecutor | None = None
         self._stopped = threading.Event()
         self._stopping = False
         self._lock = threading.Lock()
@@ -58,28 +56,24 @@ class RPCServer:
         with self._lock:
             if self._listener is not None:
                 raise RuntimeError("server already started")
-            self._pool = ThreadPoolExecutor(
-                max_workers=self._workers, thread_name_prefix=f"rpc-{self.target.topic}"
-            )
             self._listener = self._transport.listen(self.target, prefetch=self._workers)
             self._stopped.clear()
-            self._listener.start(self._submit)
+            self._listener.start(self._handle)
         waiter = getattr(self._listener, "wait_consuming", None)
         if wait is not None and waiter is not None and not waiter(wait):
             LOG.warning("server %s not consuming after %g s; still retrying", self.target, wait)
 
     def stop(self) -> None:
-        """Stop taking messages, let in-flight handlers finish and settle, then release."""
+        """Stop taking messages, let the handlers running now finish and settle, release."""
         with self._lock:
-            listener, pool = self._listener, self._pool
-            if listener is None or pool is None or self._stopping:
+            listener = self._listener
+            if listener is None or self._stopping:
                 return
             self._stopping = True
-        listener.stop()  # returns once nothing more is delivered to the pool
-        pool.shutdown(wait=True)
+        listener.stop()
         listener.close()
         with self._lock:
-            self._listener, self._pool, self._stopping = None, None, False
+            self._listener, self._stopping = None, False
         self._stopped.set()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -97,10 +91,6 @@ class RPCServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-    def _submit(self, incoming: Incoming) -> None:
-        assert self._pool is not None  # listeners deliver nothing after stop() returned
-        self._pool.submit(self._handle, incoming)
 
     def _handle(self, incoming: Incoming) -> None:
         try:

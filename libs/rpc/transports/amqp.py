@@ -25,14 +25,16 @@ carries a per-message TTL equal to its timeout so a late server never runs a cal
 caller gave up. Replies use RabbitMQ direct reply-to: no reply queue is declared.
 
 Threads. Each calling thread has its own connection (a call is one publish and one read on
-it, nothing shared, no lock). A server's connection is read by its listener thread, which
-waits in ``select`` outside any lock and takes the connection's lock only to read the frames
-that arrived; a worker that finishes takes the same lock to publish its reply and acknowledge
-at once, without handing the message back to another thread.
+it, nothing shared, no lock). A server's connection is read by its worker threads in turn
+(leader/followers): the leader waits in ``select`` outside any lock, reads the frames that
+arrived under the connection's lock, passes the leadership on and runs the handler itself;
+then it takes the lock again to publish the reply and acknowledge. No message is handed from
+one thread to another on its way to or from the handler.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -368,64 +370,87 @@ class _AMQPIncoming(Incoming):
 
 
 class _AMQPListener(Listener):
-    """Owns one connection. Its thread waits in ``select`` outside any lock and takes
-    ``_lock`` to read frames; workers take the same lock to publish a reply and acknowledge
-    straight away, so py-amqp is never entered by two threads at once and no hand-off back
-    to the listener thread is needed."""
+    """One connection, read by ``prefetch`` threads in turn (leader/followers).
+
+    The thread holding ``_leader`` reads the socket (and reconnects when needed); when it has
+    a message it passes the leadership on and runs the handler itself, so a message is never
+    handed from one thread to another on its way to the handler. Threads take ``_conn_lock``
+    to touch py-amqp: the leader to read frames, a finished handler's thread to publish its
+    reply and acknowledge. Waiting in ``select`` happens outside that lock.
+    """
 
     def __init__(self, transport: AMQPTransport, target: Target, prefetch: int) -> None:
+        if prefetch < 1:
+            raise ValueError("prefetch must be at least 1")
         self._transport = transport
         self._target = target
         self._names = _Names.of(transport.exchange, target)
         self._topic_names = _Names.of(transport.exchange, Target(target.topic))
         self._prefetch = prefetch
-        self._lock = threading.Lock()
-        self._channel: Any = None  # the live channel, under _lock; None while reconnecting
+        self._leader = threading.Lock()
+        self._conn_lock = threading.Lock()
+        self._state = threading.Lock()  # guards _busy
+        self._busy = 0
+        self._backlog: collections.deque[_AMQPIncoming] = collections.deque()
+        # The connection: changed by the leader under _conn_lock, read by settling threads.
+        self._conn: kombu.Connection | None = None
+        self._channel: Any = None
+        self._tags: list[str] = []
+        self._generation = 0
+        self._attempt = 0
+        self._next_heartbeat = 0.0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._stopping = threading.Event()
         self._closing = threading.Event()
         self._consuming = threading.Event()
-        self._cancelled = threading.Event()  # no delivery reaches ``deliver`` any more
-        self._generation = 0
+        self._cancelled = threading.Event()  # consumers cancelled: set once, under _conn_lock
         self._deliver: Callable[[Incoming], None] | None = None
-        self._thread: threading.Thread | None = None
-        self._pipe_closed = False
+        self._threads: list[threading.Thread] = []
+        self._closed = False
 
-    # The public side, called from the server's threads.
+    # The public side.
 
     def start(self, deliver: Callable[[Incoming], None]) -> None:
         self._deliver = deliver
-        self._thread = threading.Thread(
-            target=self._run, name=f"rpc-listener-{self._target.topic}", daemon=True
-        )
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"rpc-{self._target.topic}-{n}", daemon=True)
+            for n in range(self._prefetch)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def wait_consuming(self, timeout: float | None) -> bool:
         return self._consuming.wait(timeout)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Cancel the consumers; returns once nothing more is handed to ``deliver``."""
+    def stop(self) -> None:
+        """Take no new message (the broker gets back any that still arrive); messages already
+        received are still handled, :meth:`close` waits for them."""
         self._stopping.set()
+        self._cancel()
         self._wake()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._cancelled.wait(timeout)
 
     def close(self) -> None:
+        """Wait for the handlers running now, then drop the connection."""
         self._stopping.set()
-        self._closing.set()
         self._wake()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
-        if not self._pipe_closed:
-            self._pipe_closed = True
+        current = threading.current_thread()
+        for thread in self._threads:
+            if thread is not current:
+                thread.join()
+        self._closing.set()
+        with self._conn_lock:
+            self._disconnect()
+        if not self._closed:
+            self._closed = True
             os.close(self._wake_r)
             os.close(self._wake_w)
 
+    # Settling, from the thread that ran the handler.
+
     def _settle(self, incoming: _AMQPIncoming, reply: bytes | None, ack: bool) -> None:
-        """Publish the reply and acknowledge, from the worker thread that finished."""
-        with self._lock:
+        with self._conn_lock:
             channel = self._channel
             if channel is None:
                 return  # reconnecting: the broker redelivers the message; the caller retries
@@ -448,59 +473,135 @@ class _AMQPListener(Listener):
                 LOG.warning(
                     "could not settle %s (%r); it will be redelivered", incoming.msg_id, exc
                 )
-                self._wake()  # the listener thread finds the dead connection and reconnects
+                self._wake()  # the leader finds the dead connection and reconnects
 
     def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
+        with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
 
-    # The listener thread.
+    # The worker threads.
 
-    def _run(self) -> None:
-        attempt = 0
-        while not self._closing.is_set():
-            if self._stopping.is_set():  # stopped while disconnected: do not consume again
-                self._cancelled.set()
-                self._closing.wait()
-                break
-            conn = None
+    def _work(self) -> None:
+        assert self._deliver is not None
+        while True:
+            incoming = self._take()
+            if incoming is None:
+                return
             try:
-                conn = self._transport.connect(heartbeat=self._transport.heartbeat)
-                with self._lock:
-                    channel = conn.channel()
-                    tags = self._declare_and_consume(channel)
-                    self._channel = channel
-                self._consuming.set()
-                if attempt:
-                    LOG.info(
-                        "listener on %s reconnected to %s",
-                        self._target.topic,
-                        self._transport.safe_url,
-                    )
-                attempt = 0
-                self._loop(conn, channel, tags)
-            except Exception as exc:
-                recoverable = isinstance(exc, self._transport.recoverable_errors)
-                LOG.warning(
-                    "listener on %s lost %s (%r), reconnecting",
+                self._deliver(incoming)
+            except Exception:
+                LOG.exception("handler of %s escaped the server", incoming.msg_id)
+            finally:
+                with self._state:
+                    self._busy -= 1
+                if self._stopping.is_set():
+                    self._wake()  # the leader may be waiting for the last handler
+
+    def _take(self) -> _AMQPIncoming | None:
+        """Lead until there is a message for this thread; None when the listener is done."""
+        with self._leader:
+            while True:
+                if self._backlog:
+                    with self._state:
+                        self._busy += 1
+                    return self._backlog.popleft()
+                if self._stopping.is_set():
+                    self._cancel()
+                    with self._state:
+                        if self._busy == 0:
+                            return None  # nothing to read for, nothing left to settle
+                    if self._conn is None:
+                        self._closing.wait(0.05)
+                        continue
+                if self._conn is None and not self._stopping.is_set():
+                    self._connect()
+                    continue
+                self._read()
+
+    def _connect(self) -> None:
+        try:
+            conn = self._transport.connect(heartbeat=self._transport.heartbeat)
+            with self._conn_lock:
+                self._conn = conn
+                self._channel = conn.channel()
+                self._tags = self._declare_and_consume(self._channel)
+                if self._cancelled.is_set():  # stop() came while connecting
+                    for tag in self._tags:
+                        self._channel.basic_cancel(tag, nowait=True)
+            self._consuming.set()
+            if self._attempt:
+                LOG.info(
+                    "listener on %s reconnected to %s",
                     self._target.topic,
                     self._transport.safe_url,
-                    exc,
-                    exc_info=not recoverable,
                 )
-                self._consuming.clear()
-                with self._lock:
-                    self._channel = None
-                    self._generation += 1  # deliveries of the dead connection come back
-                self._closing.wait(backoff_delay(attempt))
-                attempt += 1
-            finally:
-                if conn is not None:
-                    with self._lock, contextlib.suppress(Exception):
-                        self._channel = None
-                        conn.release()
+            self._attempt = 0
+        except Exception as exc:
+            self._lost(exc)
+
+    def _lost(self, exc: BaseException) -> None:
+        recoverable = isinstance(exc, self._transport.recoverable_errors)
+        LOG.warning(
+            "listener on %s lost %s (%r), reconnecting",
+            self._target.topic,
+            self._transport.safe_url,
+            exc,
+            exc_info=not recoverable,
+        )
         self._consuming.clear()
-        self._cancelled.set()
+        with self._conn_lock:
+            self._disconnect()
+        self._backlog.clear()  # their delivery tags are dead: the broker redelivers them
+        self._stopping.wait(backoff_delay(self._attempt))
+        self._attempt += 1
+
+    def _disconnect(self) -> None:
+        """Under _conn_lock."""
+        conn, self._conn, self._channel = self._conn, None, None
+        self._generation += 1
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.release()
+
+    def _cancel(self) -> None:
+        """Cancel the consumers, from any thread (no reply awaited: nothing is read here)."""
+        with self._conn_lock:
+            if self._cancelled.is_set():
+                return
+            self._cancelled.set()
+            if self._channel is not None:
+                try:
+                    for tag in self._tags:
+                        self._channel.basic_cancel(tag, nowait=True)
+                except self._transport.recoverable_errors:
+                    self._disconnect()  # a dead connection consumes nothing either
+
+    def _read(self) -> None:
+        """Wait for the socket or a wake-up, then read every frame already there."""
+        conn = self._conn
+        assert conn is not None
+        amqp_conn = conn.connection
+        heartbeat = self._transport.heartbeat
+        interval = heartbeat / 4 if heartbeat else 1.0
+        try:
+            sock = amqp_conn.sock
+            readable, _, _ = select.select([sock, self._wake_r], [], [], interval)
+            if self._wake_r in readable:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+            with self._conn_lock:
+                if sock in readable:
+                    while True:
+                        with contextlib.suppress(socket.timeout):
+                            amqp_conn.blocking_read(timeout=1.0)
+                        if not select.select([sock], [], [], 0)[0]:
+                            break
+                now = time.monotonic()
+                if heartbeat and now >= self._next_heartbeat:
+                    conn.heartbeat_check()
+                    self._next_heartbeat = now + interval
+        except Exception as exc:
+            self._lost(exc)
 
     def _declare_and_consume(self, channel: Any) -> list[str]:
         names = self._names
@@ -521,38 +622,10 @@ class _AMQPListener(Listener):
         channel.basic_qos(0, self._prefetch, True)
         generation = self._generation
 
-        def on_message(message: amqp.Message) -> None:  # listener thread, under _lock
+        def on_message(message: amqp.Message) -> None:  # the leader, under _conn_lock
             if self._stopping.is_set():
                 channel.basic_reject(message.delivery_info["delivery_tag"], requeue=True)
                 return
-            assert self._deliver is not None
-            self._deliver(_AMQPIncoming(self, message, generation))
+            self._backlog.append(_AMQPIncoming(self, message, generation))
 
         return [channel.basic_consume(name, callback=on_message, no_ack=False) for name in queues]
-
-    def _loop(self, conn: kombu.Connection, channel: Any, tags: list[str]) -> None:
-        amqp_conn = conn.connection
-        sock = amqp_conn.sock
-        interval = self._transport.heartbeat / 4 if self._transport.heartbeat else 1.0
-        cancelled = False
-        while not self._closing.is_set():
-            if self._stopping.is_set() and not cancelled:
-                with self._lock:
-                    for tag in tags:
-                        channel.basic_cancel(tag)
-                cancelled = True
-                self._cancelled.set()
-            readable, _, _ = select.select([sock, self._wake_r], [], [], interval)
-            if self._wake_r in readable:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self._wake_r, 4096)
-            with self._lock:
-                if sock in readable:
-                    # Read every frame already here, without waiting for more.
-                    while True:
-                        with contextlib.suppress(socket.timeout):
-                            amqp_conn.blocking_read(timeout=1.0)
-                        if not select.select([sock], [], [], 0)[0]:
-                            break
-                if self._transport.heartbeat:
-                    conn.heartbeat_check()

@@ -41,9 +41,8 @@ class Incoming(ABC):
 
 
 class Listener(ABC):
-    """Receives a server's messages and hands them to ``deliver`` one at a time.
-
-    At most ``prefetch`` messages are handed over and not yet settled at any moment.
+    """Receives a server's messages and runs ``deliver`` on each, from up to ``prefetch``
+    threads of its own at once: ``deliver`` runs the handler to the end in that thread.
     """
 
     @abstractmethod
@@ -51,12 +50,11 @@ class Listener(ABC):
 
     @abstractmethod
     def stop(self) -> None:
-        """Stop receiving; returns once ``deliver`` is not called any more. Messages already
-        handed over can still be settled."""
+        """Take no new message; messages already received are still delivered."""
 
     @abstractmethod
     def close(self) -> None:
-        """Release everything; call after every handed-over message is settled."""
+        """Wait until every running ``deliver`` has returned, then release everything."""
 
 
 class Transport(ABC):

@@ -140,7 +140,6 @@ class _MemoryIncoming(Incoming):
         self._settled = True
         if reply is not None and self._message.reply_slot is not None:
             self._message.reply_slot.put(reply)
-        self._listener._settled()
 
     def finish(self, reply: bytes | None = None) -> None:
         self._settle(reply)
@@ -151,25 +150,32 @@ class _MemoryIncoming(Incoming):
 
 
 class _MemoryListener(Listener):
+    """``prefetch`` threads, each taking the next message when its handler is done."""
+
     def __init__(self, transport: MemoryTransport, target: Target, prefetch: int) -> None:
+        if prefetch < 1:
+            raise ValueError("prefetch must be at least 1")
         self._transport = transport
         self._topic = target.topic
         server_queue = f"{target.topic}@{target.server}"
         self._names = [target.topic, server_queue, f"{target.topic}:call", f"{server_queue}:call"]
         self._fanout_name = f"{server_queue}:fanout"
         self._prefetch = prefetch
-        self._in_flight = 0
         self._running = False
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def start(self, deliver: Callable[[Incoming], None]) -> None:
         with self._transport._cond:
             self._transport._attach(self._names, self._fanout_name, self._topic)
             self._running = True
-        self._thread = threading.Thread(
-            target=self._run, args=(deliver,), name=f"rpc-listener-{self._topic}", daemon=True
-        )
-        self._thread.start()
+        self._threads = [
+            threading.Thread(
+                target=self._work, args=(deliver,), name=f"rpc-{self._topic}-{n}", daemon=True
+            )
+            for n in range(self._prefetch)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def _next(self) -> _Message | None:
         queues = self._transport._queues
@@ -179,26 +185,16 @@ class _MemoryListener(Listener):
                 return queue.messages.popleft()
         return None
 
-    def _run(self, deliver: Callable[[Incoming], None]) -> None:
+    def _work(self, deliver: Callable[[Incoming], None]) -> None:
         cond = self._transport._cond
         while True:
             with cond:
                 message = None
-                while self._running:
-                    if self._in_flight < self._prefetch:
-                        message = self._next()
-                        if message is not None:
-                            break
+                while self._running and (message := self._next()) is None:
                     cond.wait()
                 if message is None:
                     return
-                self._in_flight += 1
             deliver(_MemoryIncoming(self, message))
-
-    def _settled(self) -> None:
-        with self._transport._cond:
-            self._in_flight -= 1
-            self._transport._cond.notify_all()
 
     def stop(self) -> None:
         with self._transport._cond:
@@ -206,8 +202,10 @@ class _MemoryListener(Listener):
                 self._running = False
                 self._transport._detach(self._names, self._fanout_name, self._topic)
             self._transport._cond.notify_all()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
 
     def close(self) -> None:
         self.stop()
+        current = threading.current_thread()
+        for thread in self._threads:
+            if thread is not current:
+                thread.join()

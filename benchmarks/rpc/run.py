@@ -21,6 +21,7 @@ import platform
 import queue
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -314,6 +315,24 @@ def bench_framework(fw: Framework, args: argparse.Namespace) -> Outcome:
     return outcome
 
 
+def merge_rounds(rounds: list[Outcome]) -> Outcome:
+    """One framework's rounds as one outcome: the median of each figure, every note once."""
+    merged = Outcome(rounds[0].framework, skipped=rounds[0].skipped)
+    for outcome in rounds:
+        merged.notes += [note for note in outcome.notes if note not in merged.notes]
+    for case in CASES:
+        runs = [o.results[case] for o in rounds if case in o.results]
+        if not runs:
+            continue
+        result = dict(runs[0])
+        for key in ("per_s", "p50_ms", "p99_ms"):
+            values = [r[key] for r in runs if r.get(key) is not None]
+            result[key] = statistics.median(values) if values else None
+        result["rounds"] = len(runs)
+        merged.results[case] = result
+    return merged
+
+
 def fail(outcome: Outcome, message: str) -> None:
     """Log the whole failure; keep its first and last line as the report's note."""
     log(f"[{outcome.framework.key}] FAILED: {message}")
@@ -504,6 +523,7 @@ def write_markdown(
         f"Frameworks: {versions}.",
         "",
         f"Each client run: {args.warmup:g} s warmup, then {args.duration:g} s measured; "
+        f"figures are the median of {args.rounds} interleaved round(s); "
         f"server workers: {args.workers}; latency columns are call c=1; "
         "casts are persistent to a durable queue.",
         "",
@@ -547,6 +567,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--url", default=DEFAULT_URL, help=f"AMQP URL ({DEFAULT_URL})")
     parser.add_argument("--workers", type=int, default=8, help="server handlers (8)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every framework this many times, interleaved, and report medians (1)",
+    )
     parser.add_argument(
         "--only",
         default=",".join(FRAMEWORKS),
@@ -592,7 +618,13 @@ def memory_line(args: argparse.Namespace) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    outcomes = [bench_framework(FRAMEWORKS[key], args) for key in args.only]
+    rounds: dict[str, list[Outcome]] = {key: [] for key in args.only}
+    for number in range(args.rounds):  # interleaved, so slow spells of the machine are shared
+        if args.rounds > 1:
+            log(f"round {number + 1} of {args.rounds}")
+        for key in args.only:
+            rounds[key].append(bench_framework(FRAMEWORKS[key], args))
+    outcomes = [merge_rounds(rounds[key]) for key in args.only]
     memory = memory_line(args)
     print()
     print_table(table_rows(outcomes))

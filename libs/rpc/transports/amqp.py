@@ -372,9 +372,10 @@ class _AMQPIncoming(Incoming):
 class _AMQPListener(Listener):
     """One connection, read by ``prefetch`` threads in turn (leader/followers).
 
-    The thread holding ``_leader`` reads the socket (and reconnects when needed); when it has
-    a message it passes the leadership on and runs the handler itself, so a message is never
-    handed from one thread to another on its way to the handler. Threads take ``_conn_lock``
+    The leading thread reads the socket (and reconnects when needed); when it has read
+    messages it gives up the lead, wakes as many followers as it read messages (one of them
+    leads next) and runs the first handler itself, so a message is never handed from one
+    thread to another on its way to the handler. Threads take ``_conn_lock``
     to touch py-amqp: the leader to read frames, a finished handler's thread to publish its
     reply and acknowledge. Waiting in ``select`` happens outside that lock.
     """
@@ -387,11 +388,13 @@ class _AMQPListener(Listener):
         self._names = _Names.of(transport.exchange, target)
         self._topic_names = _Names.of(transport.exchange, Target(target.topic))
         self._prefetch = prefetch
-        self._leader = threading.Lock()
         self._conn_lock = threading.Lock()
-        self._state = threading.Lock()  # guards _busy
-        self._busy = 0
+        # Under _cond: messages read but not taken, handlers running, and whether a thread
+        # leads (reads the socket). Lock order: _cond, then _conn_lock.
+        self._cond = threading.Condition(threading.Lock())
         self._backlog: collections.deque[_AMQPIncoming] = collections.deque()
+        self._busy = 0
+        self._leading = False
         # The connection: changed by the leader under _conn_lock, read by settling threads.
         self._conn: kombu.Connection | None = None
         self._channel: Any = None
@@ -492,31 +495,48 @@ class _AMQPListener(Listener):
             except Exception:
                 LOG.exception("handler of %s escaped the server", incoming.msg_id)
             finally:
-                with self._state:
+                with self._cond:
                     self._busy -= 1
                 if self._stopping.is_set():
                     self._wake()  # the leader may be waiting for the last handler
 
     def _take(self) -> _AMQPIncoming | None:
-        """Lead until there is a message for this thread; None when the listener is done."""
-        with self._leader:
-            while True:
-                if self._backlog:
-                    with self._state:
+        """The next message for this thread, leading (reading) while there is none.
+
+        None once the listener is stopped and no handler is left running.
+        """
+        while True:
+            with self._cond:
+                while True:
+                    if self._backlog:
                         self._busy += 1
-                    return self._backlog.popleft()
-                if self._stopping.is_set():
-                    self._cancel()
-                    with self._state:
-                        if self._busy == 0:
-                            return None  # nothing to read for, nothing left to settle
-                    if self._conn is None:
-                        self._closing.wait(0.05)
-                        continue
-                if self._conn is None and not self._stopping.is_set():
-                    self._connect()
-                    continue
-                self._read()
+                        return self._backlog.popleft()
+                    if self._stopping.is_set() and self._busy == 0 and not self._leading:
+                        self._cond.notify_all()
+                        return None
+                    if not self._leading:
+                        self._leading = True
+                        break
+                    self._cond.wait()
+            try:
+                self._lead()
+            finally:
+                with self._cond:
+                    self._leading = False
+                    # Wake a follower per message read but the one this thread takes, and
+                    # one more to lead: they start in parallel, not one after the other.
+                    self._cond.notify(len(self._backlog))
+
+    def _lead(self) -> None:
+        if self._stopping.is_set():
+            self._cancel()
+            if self._conn is None:
+                self._closing.wait(0.05)  # nothing to read; handlers are finishing
+                return
+        elif self._conn is None:
+            self._connect()
+            return
+        self._read()
 
     def _connect(self) -> None:
         try:
@@ -551,7 +571,8 @@ class _AMQPListener(Listener):
         self._consuming.clear()
         with self._conn_lock:
             self._disconnect()
-        self._backlog.clear()  # their delivery tags are dead: the broker redelivers them
+        with self._cond:
+            self._backlog.clear()  # their delivery tags are dead: the broker redelivers them
         self._stopping.wait(backoff_delay(self._attempt))
         self._attempt += 1
 

@@ -7,7 +7,6 @@ wire. Hand-offs use condition variables, not polling: a call takes tens of micro
 from __future__ import annotations
 
 import collections
-import itertools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,17 +42,18 @@ class _ReplySlot:
 class _Queue:
     name: str
     messages: collections.deque[_Message] = field(default_factory=collections.deque)
-    consumers: int = 0
+    consumers: list[_MemoryListener] = field(default_factory=list)
 
 
 class MemoryTransport(Transport):
     """All servers and clients that share one instance talk to each other."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        # One lock for all state; each listener waits on a condition of its own on this lock,
+        # so a message wakes one thread of each server that consumes its queue, not all.
+        self._lock = threading.Lock()
         self._queues: dict[str, _Queue] = {}
         self._fanout: dict[str, set[str]] = collections.defaultdict(set)
-        self._ids = itertools.count()
         #: Bodies of rejected messages, for inspection (a dead-letter queue).
         self.dead_letters: collections.deque[bytes] = collections.deque(maxlen=1000)
 
@@ -63,11 +63,13 @@ class MemoryTransport(Transport):
         return target.topic if target.server is None else f"{target.topic}@{target.server}"
 
     def _enqueue(self, name: str, message: _Message) -> None:
-        self._queues[name].messages.append(message)
-        self._cond.notify_all()
+        queue = self._queues[name]
+        queue.messages.append(message)
+        for listener in queue.consumers:
+            listener._cond.notify()
 
     def send(self, target: Target, body: bytes, *, msg_id: str) -> None:
-        with self._cond:
+        with self._lock:
             if target.fanout:
                 for name in self._fanout.get(target.topic, ()):
                     self._enqueue(name, _Message(body, msg_id))
@@ -84,14 +86,14 @@ class MemoryTransport(Transport):
             raise ValueError("a call cannot go to a fanout target")
         slot = _ReplySlot()
         name = f"{self._cast_queue(target)}:call"
-        with self._cond:
+        with self._lock:
             queue = self._queues.get(name)
-            if queue is None or queue.consumers == 0:
+            if queue is None or not queue.consumers:
                 raise NoConsumer(f"no server listens on {name!r}")
             self._enqueue(name, _Message(body, msg_id, reply_slot=slot))
         reply = slot.wait(timeout)
         if reply is None:
-            with self._cond:  # expire it, as the broker would
+            with self._lock:  # expire it, as the broker would
                 queue = self._queues.get(name)
                 if queue is not None:
                     queue.messages = collections.deque(
@@ -106,22 +108,21 @@ class MemoryTransport(Transport):
         return _MemoryListener(self, target, prefetch)
 
     def close(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
+        """Nothing to release: listeners stop with their servers."""
 
-    # Used by listeners, under self._cond.
-    def _attach(self, names: list[str], fanout_name: str, topic: str) -> None:
-        for name in [*names, fanout_name]:
-            self._queues.setdefault(name, _Queue(name)).consumers += 1
-        self._fanout[topic].add(fanout_name)
+    # Used by listeners, under self._lock.
+    def _attach(self, listener: _MemoryListener) -> None:
+        for name in listener.queue_names:
+            self._queues.setdefault(name, _Queue(name)).consumers.append(listener)
+        self._fanout[listener.topic].add(listener.fanout_name)
 
-    def _detach(self, names: list[str], fanout_name: str, topic: str) -> None:
-        for name in [*names, fanout_name]:
+    def _detach(self, listener: _MemoryListener) -> None:
+        for name in listener.queue_names:
             queue = self._queues[name]
-            queue.consumers -= 1
-            if queue.consumers == 0 and (name.endswith(":call") or name == fanout_name):
+            queue.consumers.remove(listener)
+            if not queue.consumers and (name.endswith(":call") or name == listener.fanout_name):
                 del self._queues[name]  # auto-delete queues go with their last consumer
-        self._fanout[topic].discard(fanout_name)
+        self._fanout[listener.topic].discard(listener.fanout_name)
 
 
 class _MemoryIncoming(Incoming):
@@ -156,21 +157,28 @@ class _MemoryListener(Listener):
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
         self._transport = transport
-        self._topic = target.topic
+        self._cond = threading.Condition(transport._lock)
+        self.topic = target.topic
         server_queue = f"{target.topic}@{target.server}"
-        self._names = [target.topic, server_queue, f"{target.topic}:call", f"{server_queue}:call"]
-        self._fanout_name = f"{server_queue}:fanout"
+        self.fanout_name = f"{server_queue}:fanout"
+        self.queue_names = (
+            target.topic,
+            server_queue,
+            f"{target.topic}:call",
+            f"{server_queue}:call",
+            self.fanout_name,
+        )
         self._prefetch = prefetch
         self._running = False
         self._threads: list[threading.Thread] = []
 
     def start(self, deliver: Callable[[Incoming], None]) -> None:
-        with self._transport._cond:
-            self._transport._attach(self._names, self._fanout_name, self._topic)
+        with self._cond:
+            self._transport._attach(self)
             self._running = True
         self._threads = [
             threading.Thread(
-                target=self._work, args=(deliver,), name=f"rpc-{self._topic}-{n}", daemon=True
+                target=self._work, args=(deliver,), name=f"rpc-{self.topic}-{n}", daemon=True
             )
             for n in range(self._prefetch)
         ]
@@ -179,29 +187,28 @@ class _MemoryListener(Listener):
 
     def _next(self) -> _Message | None:
         queues = self._transport._queues
-        for name in (*self._names, self._fanout_name):
+        for name in self.queue_names:
             queue = queues.get(name)
             if queue is not None and queue.messages:
                 return queue.messages.popleft()
         return None
 
     def _work(self, deliver: Callable[[Incoming], None]) -> None:
-        cond = self._transport._cond
         while True:
-            with cond:
+            with self._cond:
                 message = None
                 while self._running and (message := self._next()) is None:
-                    cond.wait()
+                    self._cond.wait()
                 if message is None:
                     return
             deliver(_MemoryIncoming(self, message))
 
     def stop(self) -> None:
-        with self._transport._cond:
+        with self._cond:
             if self._running:
                 self._running = False
-                self._transport._detach(self._names, self._fanout_name, self._topic)
-            self._transport._cond.notify_all()
+                self._transport._detach(self)
+            self._cond.notify_all()
 
     def close(self) -> None:
         self.stop()

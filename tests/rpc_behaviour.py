@@ -94,6 +94,11 @@ class Manager:
         self.recorder.add((self.name, f"slow-done-{seconds}"))
         return "done"
 
+    @rpc.expose
+    def request_seen_by_logging(self, ctxt: rpc.RequestContext) -> str | None:
+        current = rpc.current_context.get()
+        return current.request_id if current else None
+
     def not_exposed(self, ctxt: rpc.RequestContext) -> str:
         return "should never run"
 
@@ -145,6 +150,11 @@ def test_call_returns_the_result_and_carries_the_context(serve, client):
         "request_id": "req-test",
         "roles": ["member"],
     }
+
+
+def test_the_handled_request_is_visible_to_code_far_from_the_handler(serve, client):
+    serve("s1")
+    assert client.call(CTX, "request_seen_by_logging") == "req-test"
 
 
 def test_rich_arguments_are_serialised_and_typed_again(serve, client):

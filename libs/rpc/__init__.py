@@ -6,7 +6,7 @@ on an endpoint whose method is marked with :func:`expose`. See ``docs/rpc.md``.
 """
 
 from .client import RPCClient
-from .context import RequestContext
+from .context import RequestContext, current_context
 from .dispatcher import Dispatcher, expose
 from .errors import (
     InvalidArguments,
@@ -45,6 +45,7 @@ __all__ = [
     "Transport",
     "TransportError",
     "UnsupportedVersion",
+    "current_context",
     "expose",
     "transport_from_url",
     "version_is_compatible",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from contextvars import ContextVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,3 +34,8 @@ class RequestContext(BaseModel):
     def admin(cls, request_id: str | None = None) -> RequestContext:
         """A context for the system's own work (periodic tasks, start-up recovery)."""
         return cls(request_id=request_id or new_request_id(), roles=("admin",))
+
+
+#: The context of the request a server thread is handling now (None outside a handler), so
+#: log formatters and code far from the handler can name the request without passing it on.
+current_context: ContextVar[RequestContext | None] = ContextVar("current_context", default=None)

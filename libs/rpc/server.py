@@ -11,11 +11,13 @@ message is acknowledged: it would fail again if redelivered.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Sequence
 from types import TracebackType
 
+from .context import current_context
 from .dispatcher import Dispatcher
 from .envelope import decode_request, encode_failure, encode_result, peek_msg_id
 from .errors import RequestRefused, SerializationError, serialize_failure
@@ -97,33 +99,42 @@ class RPCServer:
             self._process(incoming)
         except Exception:  # never lose a worker, never leave a message unsettled
             LOG.exception("unexpected error handling message %s", incoming.msg_id)
+            with contextlib.suppress(Exception):  # raises if it was settled already
+                incoming.reject()
 
     def _process(self, incoming: Incoming) -> None:
         msg_id = incoming.msg_id or peek_msg_id(incoming.body) or "?"
         try:
             request = decode_request(incoming.body)
-            msg_id = request.msg_id or msg_id
+        except RequestRefused as exc:
+            self._refuse(incoming, msg_id, "-", exc)
+            return
+        msg_id = request.msg_id or msg_id
+        token = current_context.set(request.context)
+        try:
             result = self.dispatcher.dispatch(
                 request.context, request.method, request.args, request.version
             )
         except RequestRefused as exc:
-            LOG.warning("refused message %s: %s: %s", msg_id, type(exc).__name__, exc)
-            incoming.reject(self._failure(msg_id, exc) if incoming.expects_reply else None)
+            self._refuse(incoming, msg_id, request.context.request_id, exc)
             return
         except Exception as exc:
-            if incoming.expects_reply:
-                LOG.info(
-                    "call %s (%s) raised %s: %s",
-                    msg_id,
-                    request.method,
-                    type(exc).__name__,
-                    exc,
-                    exc_info=self._debug,
-                )
-            else:
-                LOG.exception("cast %s (%s) failed", msg_id, request.method)
+            kind = "call" if incoming.expects_reply else "cast"
+            LOG.log(
+                logging.INFO if incoming.expects_reply else logging.ERROR,
+                "%s %s %s [%s] raised %s: %s",
+                kind,
+                msg_id,
+                request.method,
+                request.context.request_id,
+                type(exc).__name__,
+                exc,
+                exc_info=self._debug or not incoming.expects_reply,
+            )
             incoming.finish(self._failure(msg_id, exc) if incoming.expects_reply else None)
             return
+        finally:
+            current_context.reset(token)
         reply = None
         if incoming.expects_reply:
             try:
@@ -137,6 +148,12 @@ class RPCServer:
                 )
                 reply = self._failure(msg_id, exc)
         incoming.finish(reply)
+
+    def _refuse(
+        self, incoming: Incoming, msg_id: str, request_id: str, exc: RequestRefused
+    ) -> None:
+        LOG.warning("refused message %s [%s]: %s: %s", msg_id, request_id, type(exc).__name__, exc)
+        incoming.reject(self._failure(msg_id, exc) if incoming.expects_reply else None)
 
     def _failure(self, msg_id: str, exc: BaseException) -> bytes:
         return encode_failure(msg_id, serialize_failure(exc, with_traceback=self._debug))

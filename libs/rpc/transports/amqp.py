@@ -390,7 +390,7 @@ class _AMQPListener(Listener):
         self._prefetch = prefetch
         self._conn_lock = threading.Lock()
         # Under _cond: messages read but not taken, handlers running, and whether a thread
-        # leads (reads the socket). Lock order: _cond, then _conn_lock.
+        # leads (reads the socket). _cond and _conn_lock are never held together.
         self._cond = threading.Condition(threading.Lock())
         self._backlog: collections.deque[_AMQPIncoming] = collections.deque()
         self._busy = 0
@@ -479,8 +479,9 @@ class _AMQPListener(Listener):
                 self._wake()  # the leader finds the dead connection and reconnects
 
     def _wake(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
+        if not self._closed:  # after close() the descriptor number may belong to a new file
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"x")
 
     # The worker threads.
 

@@ -14,6 +14,7 @@ import threading
 import time
 
 from libs import rpc
+from libs.rpc.transports import safe_url
 
 TOPIC = "demo"
 SERVER = "demo-server"
@@ -55,7 +56,10 @@ def serve(url: str) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    server.start()
+    if not server.start(wait=10):
+        print("no broker", flush=True)
+        server.stop()
+        raise SystemExit(1)
     print("ready", flush=True)
     stop.wait()
     server.stop()
@@ -72,8 +76,12 @@ def start_server_process(url: str) -> subprocess.Popen[str]:
     line = process.stdout.readline()
     if line.strip() != "ready":
         process.kill()
-        raise RuntimeError("the demo server did not start (is RabbitMQ running?)")
+        raise DemoError(f"the demo server could not reach the message bus at {safe_url(url)}")
     return process
+
+
+class DemoError(Exception):
+    """The demo could not run; the message says why."""
 
 
 def run_client(url: str, casts: int) -> list[tuple[str, str, float]]:

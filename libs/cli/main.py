@@ -18,7 +18,13 @@ from . import demo
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
 app = typer.Typer(
-    help="tetsu: a bare-metal cloud. Instances on physical machines over IPMI, PXE and OpenFlow.",
+    help=(
+        "tetsu: a bare-metal cloud. Instances on physical machines over IPMI, PXE and "
+        "OpenFlow; services that talk through RabbitMQ.\n\n"
+        "The message bus comes from --url or TETSU_TRANSPORT_URL "
+        "(amqp://user:pass@host:5672/vhost). Run `tetsu demo` to see a call and casts "
+        "between two processes."
+    ),
     no_args_is_help=True,
     add_completion=False,
 )
@@ -44,12 +50,16 @@ def demo_command(
     casts: Annotated[int, typer.Option(min=1, max=10_000, help="How many casts to send.")] = 5,
 ) -> None:
     """Start a demo server in a second process and talk to it with a call and casts."""
-    process = demo.start_server_process(url)
     try:
-        rows = demo.run_client(url, casts)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+        process = demo.start_server_process(url)
+        try:
+            rows = demo.run_client(url, casts)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    except (demo.DemoError, rpc.RPCError) as exc:
+        console.print(f"[red]demo failed[/red]: {exc}")
+        raise typer.Exit(1) from None
     table = Table(
         title=f"libs/rpc demo: this process (pid {os.getpid()}) -> demo-server "
         f"(pid {process.pid}) over the bus"

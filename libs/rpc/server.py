@@ -53,8 +53,11 @@ class RPCServer:
         self._stopping = False
         self._lock = threading.Lock()
 
-    def start(self, *, wait: float | None = 30.0) -> None:
-        """Start consuming; with ``wait``, block until the listener consumes (AMQP)."""
+    def start(self, *, wait: float | None = 30.0) -> bool:
+        """Start consuming; with ``wait``, block up to that long until the listener consumes.
+
+        Returns whether it consumes; if not (the broker is unreachable), it keeps retrying.
+        """
         with self._lock:
             if self._listener is not None:
                 raise RuntimeError("server already started")
@@ -64,6 +67,8 @@ class RPCServer:
         waiter = getattr(self._listener, "wait_consuming", None)
         if wait is not None and waiter is not None and not waiter(wait):
             LOG.warning("server %s not consuming after %g s; still retrying", self.target, wait)
+            return False
+        return True
 
     def stop(self) -> None:
         """Stop taking messages, let the handlers running now finish and settle, release."""

@@ -54,3 +54,11 @@ def test_help_explains_the_commands():
     assert result.returncode == 0
     assert "demo" in result.stdout
     assert "rpc" in result.stdout
+
+
+def test_demo_without_a_broker_fails_cleanly_and_hides_the_password():
+    result = tetsu("demo", url="amqp://admin:s3cret-pw@127.0.0.1:1//")
+    assert result.returncode == 1
+    assert "could not reach the message bus at amqp://admin:**@127.0.0.1:1//" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "s3cret-pw" not in result.stdout + result.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .amqp import AMQPTransport
+from .amqp import AMQPTransport, safe_url
 from .base import Incoming, Listener, Transport
 from .memory import MemoryTransport
 
@@ -24,5 +24,6 @@ __all__ = [
     "Listener",
     "MemoryTransport",
     "Transport",
+    "safe_url",
     "transport_from_url",
 ]

@@ -65,6 +65,11 @@ DEAD_LETTER_LIMIT = 10_000
 CONFIRM_TIMEOUT = 30.0
 
 
+def safe_url(url: str) -> str:
+    """The URL with its password masked: the only form of it ever logged or shown."""
+    return str(kombu.Connection(url).as_uri())
+
+
 def backoff_delay(attempt: int, *, base: float = 0.1, cap: float = 2.0) -> float:
     """Exponential backoff with jitter: ~0.1 s, 0.2 s, 0.4 s ... up to ``cap``."""
     return min(cap, base * 2.0**attempt) * (0.5 + random.random() / 2)  # noqa: S311
@@ -137,7 +142,7 @@ class AMQPTransport(Transport):
         self._lock = threading.Lock()
         self._closed = False
         probe = kombu.Connection(url)
-        self.safe_url = probe.as_uri()  # password masked: the only form that is ever logged
+        self.safe_url = safe_url(url)
         self.recoverable_errors: tuple[type[BaseException], ...] = (
             *probe.recoverable_connection_errors,
             *probe.recoverable_channel_errors,

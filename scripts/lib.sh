@@ -5,7 +5,9 @@
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${TETSU_VENV:-$ROOT/.venv}"
 
-log() { printf '\033[1m[tetsu]\033[0m %s\n' "$*" >&2; }
+log() {
+    if [ -t 2 ]; then printf '\033[1m[tetsu]\033[0m %s\n' "$*" >&2; else printf '[tetsu] %s\n' "$*" >&2; fi
+}
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -26,8 +28,9 @@ apt_install() {
         _apt_updated=1
     fi
     log "installing ${missing[*]}"
+    # debconf's "delaying package configuration" notes are noise on a machine without apt-utils.
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        "${missing[@]}" >/dev/null
+        "${missing[@]}" 2> >(grep -v '^debconf: delaying package configuration' >&2) >/dev/null
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -100,7 +103,8 @@ ensure_postgresql() {
         fi
     fi
     # The tests' role and database (password auth over TCP works with Debian's defaults).
-    as_root runuser -u postgres -- psql -qtAX -c \
+    # From /, which the postgres user can enter (it may not enter the checkout).
+    (cd / && as_root runuser -u postgres -- psql -qtAX -c \
         "DO \$\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tetsu') THEN
-             CREATE ROLE tetsu LOGIN PASSWORD 'tetsu' CREATEDB; END IF; END \$\$;" >/dev/null
+             CREATE ROLE tetsu LOGIN PASSWORD 'tetsu' CREATEDB; END IF; END \$\$;" >/dev/null)
 }

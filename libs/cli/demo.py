@@ -6,6 +6,7 @@ starts ``tetsu demo-server`` as a separate process, then casts and calls it.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -51,6 +52,8 @@ class DemoManager:
 
 def serve(url: str) -> None:
     """Run the demo server until SIGTERM or SIGINT."""
+    # The demo refuses one call on purpose; its server-side warning would read like a fault.
+    logging.getLogger("libs.rpc.server").setLevel(logging.ERROR)
     transport = rpc.transport_from_url(url, exchange="tetsu-demo")
     server = rpc.RPCServer(transport, rpc.Target(TOPIC, server=SERVER), [DemoManager()])
     stop = threading.Event()

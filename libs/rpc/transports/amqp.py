@@ -604,7 +604,7 @@ class _AMQPListener(Listener):
                     self._disconnect()  # a dead connection consumes nothing either
 
     def _read(self) -> None:
-        """Wait for the socket or a wake-up, then read every frame already there."""
+        """Wait for the socket or a wake-up, then read what is there, one method at most."""
         conn = self._conn
         assert conn is not None
         amqp_conn = conn.connection
@@ -618,10 +618,13 @@ class _AMQPListener(Listener):
                     os.read(self._wake_r, 4096)
             with self._conn_lock:
                 if sock in readable:
+                    # Up to one whole method (a delivery is three frames), then let the
+                    # handlers' threads have the lock to acknowledge and reply.
                     while True:
+                        complete = False
                         with contextlib.suppress(socket.timeout):
-                            amqp_conn.blocking_read(timeout=1.0)
-                        if not select.select([sock], [], [], 0)[0]:
+                            complete = amqp_conn.blocking_read(timeout=1.0)
+                        if complete or not select.select([sock], [], [], 0)[0]:
                             break
                 now = time.monotonic()
                 if heartbeat and now >= self._next_heartbeat:

@@ -1,7 +1,7 @@
 """An in-process transport with the same routing as RabbitMQ, for tests and one-process mode.
 
 Messages still go through JSON bytes, so what works here serialises the same way on the
-wire. Hand-offs use condition variables, not polling: a call takes tens of microseconds.
+wire. Hand-offs use condition variables, not polling: a call takes about 0.15 ms.
 """
 
 from __future__ import annotations

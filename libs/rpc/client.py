@@ -6,6 +6,7 @@ call with the version that introduced it, so the wire format is written in one p
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from collections.abc import Iterable
@@ -71,12 +72,10 @@ class RPCClient:
             changes["version"] = version
         if fanout is not None:
             changes["fanout"] = fanout
-        client = RPCClient.__new__(RPCClient)
-        client.transport = self.transport
+        client = copy.copy(self)
         client.target = dataclasses.replace(self.target, **changes)
-        client.timeout = self.timeout if timeout is None else timeout
-        client.version_cap = self.version_cap
-        client._errors = self._errors
+        if timeout is not None:
+            client.timeout = timeout
         return client
 
     def can_send_version(self, version: str) -> bool:

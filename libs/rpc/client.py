@@ -75,6 +75,8 @@ class RPCClient:
         client = copy.copy(self)
         client.target = dataclasses.replace(self.target, **changes)
         if timeout is not None:
+            if timeout <= 0:
+                raise ValueError("timeout must be positive")
             client.timeout = timeout
         return client
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -54,7 +55,7 @@ from amqp.exceptions import MessageNacked
 
 from ..errors import NoConsumer, Timeout, TransportError
 from ..target import Target
-from .base import Incoming, Listener, Transport
+from .base import Incoming, Listener, QueueNames, Transport
 
 LOG = logging.getLogger(__name__)
 
@@ -85,15 +86,15 @@ class _Names:
     dead: str
 
     @classmethod
+    @functools.lru_cache(maxsize=1024)
     def of(cls, exchange: str, target: Target) -> _Names:
-        base = f"{exchange}.{target.topic}"
-        own = f"{base}@{target.server}" if target.server else base
+        queues = QueueNames.of(target, prefix=f"{exchange}.")
         return cls(
             exchange=exchange,
-            cast=own,
-            call=f"{own}:call",
-            fanout_exchange=f"{base}:fanout",
-            fanout_queue=f"{own}:fanout" if target.server else None,
+            cast=queues.cast,
+            call=queues.call,
+            fanout_exchange=queues.fanout_exchange,
+            fanout_queue=queues.fanout_queue,
             dead=f"{exchange}.dead",
         )
 

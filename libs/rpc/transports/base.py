@@ -17,10 +17,34 @@ message in flight when a server or the broker dies is delivered again.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ..target import Target
+
+
+@dataclass(frozen=True, slots=True)
+class QueueNames:
+    """The queues of a target, named alike on every transport (``prefix`` + topic ...)."""
+
+    cast: str  # casts to the topic, or to the named server
+    call: str  # calls, the same way
+    fanout_exchange: str  # where fanout casts to the topic go
+    fanout_queue: str | None  # a server's own copy of them (None for a target without server)
+
+    @staticmethod
+    @functools.lru_cache(maxsize=1024)
+    def of(target: Target, prefix: str = "") -> QueueNames:
+        base = f"{prefix}{target.topic}"
+        own = f"{base}@{target.server}" if target.server else base
+        return QueueNames(
+            cast=own,
+            call=f"{own}:call",
+            fanout_exchange=f"{base}:fanout",
+            fanout_queue=f"{own}:fanout" if target.server else None,
+        )
 
 
 class Incoming(ABC):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ..errors import NoConsumer, Timeout
 from ..target import Target
-from .base import Incoming, Listener, Transport
+from .base import Incoming, Listener, QueueNames, Transport
 
 
 @dataclass
@@ -57,11 +57,6 @@ class MemoryTransport(Transport):
         #: Bodies of rejected messages, for inspection (a dead-letter queue).
         self.dead_letters: collections.deque[bytes] = collections.deque(maxlen=1000)
 
-    # Queue names mirror the AMQP transport's.
-    @staticmethod
-    def _cast_queue(target: Target) -> str:
-        return target.topic if target.server is None else f"{target.topic}@{target.server}"
-
     def _enqueue(self, name: str, message: _Message) -> None:
         queue = self._queues[name]
         queue.messages.append(message)
@@ -74,7 +69,7 @@ class MemoryTransport(Transport):
                 for name in self._fanout.get(target.topic, ()):
                     self._enqueue(name, _Message(body, msg_id))
                 return
-            name = self._cast_queue(target)
+            name = QueueNames.of(target).cast
             if name not in self._queues:
                 if target.server is not None:
                     raise NoConsumer(f"no server {target.server!r} on topic {target.topic!r}")
@@ -85,7 +80,7 @@ class MemoryTransport(Transport):
         if target.fanout:
             raise ValueError("a call cannot go to a fanout target")
         slot = _ReplySlot()
-        name = f"{self._cast_queue(target)}:call"
+        name = QueueNames.of(target).call
         with self._lock:
             queue = self._queues.get(name)
             if queue is None or not queue.consumers:
@@ -159,15 +154,10 @@ class _MemoryListener(Listener):
         self._transport = transport
         self._cond = threading.Condition(transport._lock)
         self.topic = target.topic
-        server_queue = f"{target.topic}@{target.server}"
-        self.fanout_name = f"{server_queue}:fanout"
-        self.queue_names = (
-            target.topic,
-            server_queue,
-            f"{target.topic}:call",
-            f"{server_queue}:call",
-            self.fanout_name,
-        )
+        own, topic = QueueNames.of(target), QueueNames.of(Target(target.topic))
+        assert own.fanout_queue is not None
+        self.fanout_name = own.fanout_queue
+        self.queue_names = (topic.cast, own.cast, topic.call, own.call, self.fanout_name)
         self._prefetch = prefetch
         self._running = False
         self._threads: list[threading.Thread] = []

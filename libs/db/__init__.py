@@ -1,0 +1,56 @@
+"""The shared database: tables (models), engines and sessions, and Alembic migrations.
+
+The API, the scheduler and the conductors all read and write these tables; the network
+controller writes port bindings. Schema changes go through ``libs/db/migrations``.
+"""
+
+from .engine import Database, make_engine
+from .migrate import upgrade
+from .models import (
+    Conductor,
+    DiskFormat,
+    Flavor,
+    Image,
+    ImageStatus,
+    Instance,
+    InstanceStatus,
+    Network,
+    Node,
+    Port,
+    PortBinding,
+    PowerState,
+    Project,
+    Role,
+    TaskState,
+    Token,
+    User,
+    as_utc,
+    new_id,
+    utcnow,
+)
+
+__all__ = [
+    "Conductor",
+    "Database",
+    "DiskFormat",
+    "Flavor",
+    "Image",
+    "ImageStatus",
+    "Instance",
+    "InstanceStatus",
+    "Network",
+    "Node",
+    "Port",
+    "PortBinding",
+    "PowerState",
+    "Project",
+    "Role",
+    "TaskState",
+    "Token",
+    "User",
+    "as_utc",
+    "make_engine",
+    "new_id",
+    "upgrade",
+    "utcnow",
+]

@@ -1,0 +1,238 @@
+"""The database tables every service shares: one class per table, sqlmodel on SQLAlchemy.
+
+Enumerations are stored as their string values so a row reads the same in psql as in the
+API. Identifiers are UUID strings made by the application, never by the database, so an
+API can answer with an instance's id before anything else has happened to it.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, String
+from sqlmodel import Field, SQLModel
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """``value`` as an aware UTC datetime: SQLite hands timestamps back without a zone."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+class Role(enum.StrEnum):
+    ADMIN = "admin"
+    MEMBER = "member"
+
+
+class PowerState(enum.StrEnum):
+    ON = "power on"
+    OFF = "power off"
+    ERROR = "error"
+    UNKNOWN = "unknown"
+
+
+class InstanceStatus(enum.StrEnum):
+    BUILD = "BUILD"
+    ACTIVE = "ACTIVE"
+    DELETING = "DELETING"
+    DELETED = "DELETED"
+    ERROR = "ERROR"
+
+
+class TaskState(enum.StrEnum):
+    SCHEDULING = "scheduling"
+    DEPLOYING = "deploying"
+    DELETING = "deleting"
+
+
+class PortBinding(enum.StrEnum):
+    """Where a port's switch port is wired now."""
+
+    NONE = "none"  # isolated: no traffic in or out
+    PROVISIONING = "provisioning"  # the conductor's DHCP/TFTP/HTTP network
+    TENANT = "tenant"  # the instance's network (Port.network_id)
+
+
+class ImageStatus(enum.StrEnum):
+    QUEUED = "queued"  # created, no data yet
+    ACTIVE = "active"  # data (or a source URL) with known size and sha256
+
+
+class DiskFormat(enum.StrEnum):
+    RAW = "raw"
+    QCOW2 = "qcow2"
+
+
+class Project(SQLModel, table=True):
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    name: str = Field(unique=True, index=True, max_length=255)
+    description: str = Field(default="", max_length=1000)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_type=DateTime(timezone=True), nullable=False
+    )
+
+
+class User(SQLModel, table=True):
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    name: str = Field(unique=True, index=True, max_length=255)
+    project_id: str = Field(foreign_key="project.id", index=True, max_length=36)
+    role: Role = Field(default=Role.MEMBER, sa_type=String(16))
+    # scrypt hash as "scrypt$<salt hex>$<hash hex>"; never returned by the API.
+    password_hash: str = Field(max_length=300)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_type=DateTime(timezone=True), nullable=False
+    )
+
+
+class Token(SQLModel, table=True):
+    # sha256 of the bearer token: the token itself is shown once and never stored.
+    id: str = Field(primary_key=True, max_length=64)
+    user_id: str = Field(foreign_key="user.id", index=True, max_length=36)
+    expires_at: datetime = Field(sa_type=DateTime(timezone=True), nullable=False)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_type=DateTime(timezone=True), nullable=False
+    )
+
+
+class Flavor(SQLModel, table=True):
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    name: str = Field(unique=True, index=True, max_length=255)
+    resource_class: str = Field(index=True, max_length=80)
+    # A node fits when each of its properties is at least the flavor's.
+    cpus: int = Field(default=0, ge=0)
+    memory_mb: int = Field(default=0, ge=0)
+    disk_gb: int = Field(default=0, ge=0)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_type=DateTime(timezone=True), nullable=False
+    )
+
+
+class Image(SQLModel, table=True):
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    name: str = Field(index=True, max_length=255)
+    # None: a public image, visible to every project (made by an admin).
+    project_id: str | None = Field(default=None, foreign_key="project.id", index=True)
+    status: ImageStatus = Field(default=ImageStatus.QUEUED, sa_type=String(16))
+    disk_format: DiskFormat = Field(default=DiskFormat.RAW, sa_type=String(16))
+    # Either a URL the deploy ramdisk streams from, or data uploaded to the API (file_path).
+    source_url: str | None = Field(default=None, max_length=2000)
+    file_path: str | None = Field(default=None, max_length=2000)
+    sha256: str | None = Field(default=None, max_length=64)
+    size: int | None = Field(default=None, ge=0)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_type=DateTime(timezone=True), nullable=False
+    )
+
+
+class Network(SQLModel, table=True):
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    name: str = Field(index=True, max_length=255)
+    project_id: str = Field(foreign_key="project.id", index=True, max_length=36)
+    # The VLAN/tunnel id that isolates this network on the switches; unique per estate.
+    segmentation_id: int = Field(unique=True, ge=1, le=4094)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_type=DateTime(timezone=True), nullable=False
+    )
+
+
+class Node(SQLModel, table=True):
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    name: str = Field(unique=True, index=True, max_length=255)
+    resource_class: str = Field(index=True, max_length=80)
+    cpus: int = Field(default=0, ge=0)
+    memory_mb: int = Field(default=0, ge=0)
+    disk_gb: int = Field(default=0, ge=0)
+
+    # Hardware interfaces, chosen by name from the conductor's driver registry.
+    power_interface: str = Field(default="fake", max_length=40)
+    boot_interface: str = Field(default="fake", max_length=40)
+    deploy_interface: str = Field(default="fake", max_length=40)
+    management_interface: str = Field(default="fake", max_length=40)
+    # BMC address/port/username/password and driver options. The password is write-only
+    # in the API and never logged.
+    driver_info: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    # Drivers' own bookkeeping (callback token hash, fake driver state, timestamps).
+    driver_internal_info: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+
+    provision_state: str = Field(default="enroll", index=True, max_length=40)
+    target_provision_state: str | None = Field(default=None, max_length=40)
+    provision_updated_at: datetime | None = Field(
+        default=None, sa_type=DateTime(timezone=True), nullable=True
+    )
+    power_state: PowerState = Field(default=PowerState.UNKNOWN, sa_type=String(16))
+    target_power_state: PowerState | None = Field(default=None, sa_type=String(16))
+    maintenance: bool = Field(default=False, index=True)
+    maintenance_reason: str | None = Field(default=None, max_length=1000)
+    # Hostname of the conductor holding this node's exclusive lock, or None.
+    reservation: str | None = Field(default=None, index=True, max_length=255)
+    # The instance this node is claimed for (set by the scheduler's atomic claim).
+    instance_id: str | None = Field(default=None, index=True, max_length=36)
+    last_error: str | None = Field(default=None, max_length=4000)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_type=DateTime(timezone=True), nullable=False
+    )
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_type=DateTime(timezone=True), nullable=False
+    )
+
+
+class Port(SQLModel, table=True):
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    address: str = Field(unique=True, index=True, max_length=17)  # MAC, lower case
+    node_id: str = Field(foreign_key="node.id", index=True, max_length=36)
+    # Where the NIC is cabled: switch datapath id, switch port name/number.
+    switch_id: str | None = Field(default=None, max_length=64)
+    switch_port: str | None = Field(default=None, max_length=64)
+    binding: PortBinding = Field(default=PortBinding.NONE, sa_type=String(16))
+    network_id: str | None = Field(default=None, foreign_key="network.id", index=True)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_type=DateTime(timezone=True), nullable=False
+    )
+
+
+class Instance(SQLModel, table=True):
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    name: str = Field(max_length=255)
+    project_id: str = Field(foreign_key="project.id", index=True, max_length=36)
+    user_id: str | None = Field(default=None, max_length=36)
+    flavor_id: str = Field(foreign_key="flavor.id", max_length=36)
+    image_id: str = Field(foreign_key="image.id", max_length=36)
+    # Network ids in the order the node's ports are bound to them.
+    network_ids: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    status: InstanceStatus = Field(default=InstanceStatus.BUILD, index=True, sa_type=String(16))
+    task_state: TaskState | None = Field(default=None, sa_type=String(16))
+    node_id: str | None = Field(default=None, index=True, max_length=36)
+    # Why the instance is in ERROR: {"code": ..., "message": ...}.
+    fault: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    # Scheduling attempts made so far and the nodes that failed, so a reschedule avoids them.
+    attempts: int = Field(default=0, ge=0)
+    failed_node_ids: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_type=DateTime(timezone=True), nullable=False
+    )
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_type=DateTime(timezone=True), nullable=False
+    )
+    deleted_at: datetime | None = Field(
+        default=None, sa_type=DateTime(timezone=True), nullable=True
+    )
+
+
+class Conductor(SQLModel, table=True):
+    """A live conductor process: it heartbeats here and owns nodes by the hash ring."""
+
+    hostname: str = Field(primary_key=True, max_length=255)
+    online: bool = Field(default=True)
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_type=DateTime(timezone=True), nullable=False
+    )

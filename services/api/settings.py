@@ -1,0 +1,27 @@
+"""Settings of the API service (``[api]`` in the TOML file, ``TETSU_*`` variables)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field, SecretStr
+
+from libs.config import CommonSettings
+
+
+class APISettings(CommonSettings):
+    section: ClassVar[str] = "api"
+
+    host: str = Field(default="127.0.0.1", description="Address the HTTP API listens on")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port of the HTTP API")
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bootstrap admin bearer token (TETSU_ADMIN_TOKEN); no admin without it",
+    )
+    token_ttl_seconds: int = Field(default=86400, gt=0, description="Lifetime of a user token")
+    image_dir: Path = Field(default=Path("images"), description="Where uploaded images live")
+    public_url: str | None = Field(
+        default=None,
+        description="Base URL the API is reached at, for Location headers and ramdisk callbacks",
+    )

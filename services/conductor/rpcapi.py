@@ -1,0 +1,102 @@
+"""The caller's side of the conductor: each method is a cast or call to the node's owner.
+
+A node's owner is the live conductor the hash ring (over the conductors that heartbeat
+in the database) maps the node's id to; every caller computes the same answer.
+
+Versions: 1.0 - deploy_node, tear_down_node, ramdisk_callback, do_provisioning_action,
+set_power_state, validate_node.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlmodel import col, select
+
+from libs.db import Conductor, Database, utcnow
+from libs.errors import RPC_ERRORS, NoLiveConductor
+from libs.rpc import RequestContext, RPCClient, Target, Transport
+
+from .hashring import HashRing
+
+TOPIC = "conductor"
+
+
+def live_conductors(db: Database, heartbeat_timeout: float) -> list[str]:
+    """Hostnames of the conductors that heartbeat within ``heartbeat_timeout`` seconds."""
+    since = utcnow() - timedelta(seconds=heartbeat_timeout)
+    with db.session() as session:
+        rows = session.exec(
+            select(Conductor.hostname).where(
+                col(Conductor.online).is_(True), col(Conductor.updated_at) >= since
+            )
+        ).all()
+    return sorted(rows)
+
+
+class ConductorAPI:
+    RPC_API_VERSION = "1.0"
+
+    def __init__(
+        self,
+        transport: Transport,
+        db: Database,
+        *,
+        heartbeat_timeout: float = 60.0,
+        timeout: float = 60.0,
+    ) -> None:
+        self.db = db
+        self.heartbeat_timeout = heartbeat_timeout
+        self.client = RPCClient(
+            transport,
+            Target(TOPIC, version=self.RPC_API_VERSION),
+            timeout=timeout,
+            allowed_errors=RPC_ERRORS,
+        )
+
+    def ring(self) -> HashRing:
+        return HashRing(live_conductors(self.db, self.heartbeat_timeout))
+
+    def owner_of(self, node_id: str) -> str:
+        """The hostname of the conductor that owns ``node_id`` now."""
+        try:
+            return self.ring().owner(node_id)
+        except LookupError:
+            raise NoLiveConductor(
+                "no conductor is running (none has sent a heartbeat recently)"
+            ) from None
+
+    def _to_owner(self, node_id: str, version: str = "1.0") -> RPCClient:
+        return self.client.prepare(server=self.owner_of(node_id), version=version)
+
+    def deploy_node(self, ctxt: RequestContext, node_id: str, instance_id: str) -> None:
+        """Deploy ``instance_id``'s image on the (claimed) node; ends in ACTIVE or a reschedule."""
+        self._to_owner(node_id).cast(ctxt, "deploy_node", node_id=node_id, instance_id=instance_id)
+
+    def tear_down_node(self, ctxt: RequestContext, node_id: str) -> None:
+        """Delete the node's instance: power off, clean, and make the node available again."""
+        self._to_owner(node_id).cast(ctxt, "tear_down_node", node_id=node_id)
+
+    def ramdisk_callback(
+        self, ctxt: RequestContext, node_id: str, success: bool, message: str | None = None
+    ) -> None:
+        """The deploy ramdisk finished its step (the API has checked the node's token)."""
+        self._to_owner(node_id).call(
+            ctxt, "ramdisk_callback", node_id=node_id, success=success, message=message
+        )
+
+    def do_provisioning_action(self, ctxt: RequestContext, node_id: str, action: str) -> None:
+        """An operator's action on a node: manage, provide or delete (see states.Event)."""
+        self._to_owner(node_id).call(ctxt, "do_provisioning_action", node_id=node_id, action=action)
+
+    def set_power_state(self, ctxt: RequestContext, node_id: str, state: str) -> None:
+        """Power a node on, off or reboot it ("power on", "power off", "reboot")."""
+        self._to_owner(node_id).call(ctxt, "set_power_state", node_id=node_id, state=state)
+
+    def validate_node(self, ctxt: RequestContext, node_id: str) -> dict[str, Any]:
+        """Each interface's ``validate()``: {"power": {"result": true, "reason": null}, ...}."""
+        result: dict[str, Any] = self._to_owner(node_id).call(
+            ctxt, "validate_node", node_id=node_id
+        )
+        return result

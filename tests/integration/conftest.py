@@ -25,3 +25,42 @@ def amqp_url() -> Iterator[str]:
     url = create_vhost(name)
     yield url
     delete_vhost(name)
+
+
+PG_ADMIN_URL = os.environ.get(
+    "TETSU_TEST_PG_URL", "postgresql+psycopg://tetsu:tetsu@127.0.0.1:5432/postgres"
+)
+
+
+def create_database() -> tuple[str, str]:
+    """A new, empty PostgreSQL database with the schema migrated in; returns (name, url)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from libs.db import upgrade
+
+    name = f"tetsu_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    return name, url
+
+
+def drop_database(name: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database (migrated) for one test, dropped afterwards."""
+    name, url = create_database()
+    yield url
+    drop_database(name)

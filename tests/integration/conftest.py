@@ -7,7 +7,10 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
+from libs.db import upgrade
 from tests.integration.rabbitnode import create_vhost, delete_vhost
 
 
@@ -34,11 +37,6 @@ PG_ADMIN_URL = os.environ.get(
 
 def create_database() -> tuple[str, str]:
     """A new, empty PostgreSQL database with the schema migrated in; returns (name, url)."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    from libs.db import upgrade
-
     name = f"tetsu_test_{uuid.uuid4().hex[:10]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
@@ -50,8 +48,6 @@ def create_database() -> tuple[str, str]:
 
 
 def drop_database(name: str) -> None:
-    from sqlalchemy import create_engine, text
-
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

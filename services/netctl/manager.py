@@ -1,0 +1,94 @@
+"""The network controller's RPC endpoint: wire a node's port into a tenant network, the
+provisioning network or nothing, then record where it is wired (``Port.binding``).
+
+The switch is programmed first and the database written after, so a port the database
+calls bound is really bound. Each call states the wanted wiring whole, so a repeated call
+(at-least-once delivery, a conductor's retry) programs the same thing again harmlessly.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import zlib
+from typing import Any
+
+from libs import rpc
+from libs.db import Database, Network, Port, PortBinding
+from libs.errors import NotFound
+
+from .backends import SwitchBackend
+from .settings import NetctlSettings
+
+LOG = logging.getLogger(__name__)
+
+# Calls on one port are serialised so the switch and the database end in the same state;
+# a fixed set of locks picked by port id bounds memory however many ports there are.
+LOCK_STRIPES = 64
+
+
+class NetworkManager:
+    RPC_API_VERSION = "1.0"
+
+    def __init__(self, settings: NetctlSettings, db: Database, backend: SwitchBackend) -> None:
+        self.settings = settings
+        self.db = db
+        self.backend = backend
+        self._locks = [threading.Lock() for _ in range(LOCK_STRIPES)]
+
+    @rpc.expose
+    def bind_port(self, ctxt: rpc.RequestContext, port_id: str, network_id: str) -> dict[str, Any]:
+        """Wire the port into tenant network ``network_id``; only its traffic reaches it."""
+        with self._lock_for(port_id), self.db.session() as session:
+            port = self._port(session.get(Port, port_id), port_id)
+            network = session.get(Network, network_id)
+            if network is None:
+                raise NotFound(f"network {network_id} not found")
+            self.backend.bind(port, network.segmentation_id)
+            port.binding, port.network_id = PortBinding.TENANT, network.id
+            session.add(port)
+            LOG.info("port %s: bound to network %s", port_id, network_id)
+            return _public(port, network.segmentation_id)
+
+    @rpc.expose
+    def provision_port(self, ctxt: rpc.RequestContext, port_id: str) -> dict[str, Any]:
+        """Wire the port into the provisioning network (the conductors' DHCP, TFTP, HTTP)."""
+        segment = self.settings.provisioning_segmentation_id
+        with self._lock_for(port_id), self.db.session() as session:
+            port = self._port(session.get(Port, port_id), port_id)
+            self.backend.bind(port, segment)
+            port.binding, port.network_id = PortBinding.PROVISIONING, None
+            session.add(port)
+            LOG.info("port %s: on the provisioning network", port_id)
+            return _public(port, segment)
+
+    @rpc.expose
+    def unbind_port(self, ctxt: rpc.RequestContext, port_id: str) -> dict[str, Any]:
+        """Isolate the port: no network at all."""
+        with self._lock_for(port_id), self.db.session() as session:
+            port = self._port(session.get(Port, port_id), port_id)
+            self.backend.unbind(port)
+            port.binding, port.network_id = PortBinding.NONE, None
+            session.add(port)
+            LOG.info("port %s: unbound", port_id)
+            return _public(port, None)
+
+    def _lock_for(self, port_id: str) -> threading.Lock:
+        return self._locks[zlib.crc32(port_id.encode()) % LOCK_STRIPES]
+
+    @staticmethod
+    def _port(port: Port | None, port_id: str) -> Port:
+        if port is None:
+            raise NotFound(f"port {port_id} not found")
+        return port
+
+
+def _public(port: Port, segmentation_id: int | None) -> dict[str, Any]:
+    """What the callers get back: the port's wiring as it is now."""
+    return {
+        "id": port.id,
+        "address": port.address,
+        "binding": PortBinding(port.binding).value,
+        "network_id": port.network_id,
+        "segmentation_id": segmentation_id,
+    }

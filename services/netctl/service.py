@@ -1,0 +1,31 @@
+"""The network controller process: its switch backend and its RPC server on ``netctl``."""
+
+from __future__ import annotations
+
+from libs import rpc
+from libs.db import Database
+
+from .backends import SwitchBackend, make_backend
+from .manager import NetworkManager
+from .rpcapi import TOPIC
+from .settings import NetctlSettings
+
+
+class NetctlService:
+    def __init__(self, settings: NetctlSettings, db: Database, transport: rpc.Transport) -> None:
+        self.settings = settings
+        self.backend: SwitchBackend = make_backend(settings)
+        self.manager = NetworkManager(settings, db, self.backend)
+        self.server = rpc.RPCServer(
+            transport,
+            rpc.Target(TOPIC, server=settings.hostname),
+            [self.manager],
+            workers=settings.workers,
+        )
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self) -> None:
+        """Take no new request; the ones being handled finish first."""
+        self.server.stop()

@@ -1,0 +1,112 @@
+"""The atomic claim of a node for an instance, and the ways an instance leaves scheduling.
+
+Every change is a conditional UPDATE whose row count says whether it happened, so any
+number of schedulers (threads or processes, on PostgreSQL or SQLite) can race for the
+same node and exactly one wins: the database re-checks the condition on the row it
+locks (PostgreSQL) or runs one writer at a time (SQLite).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from sqlalchemy import not_, update
+from sqlmodel import col
+
+from libs.db import Database, Instance, InstanceStatus, Node, TaskState, utcnow
+from services.conductor.states import ProvisionState
+
+
+class ClaimOutcome(enum.Enum):
+    CLAIMED = "claimed"  # the node is the instance's now
+    NODE_TAKEN = "node taken"  # another instance (or a conductor's lock) got there first
+    INSTANCE_GONE = "instance gone"  # not waiting for a node any more (deleted, scheduled)
+
+
+def claim_node(db: Database, instance_id: str, node_id: str) -> ClaimOutcome:
+    """Claim ``node_id`` for ``instance_id`` if the node is free and the instance still
+    waits in BUILD; in the same transaction, record the node on the instance."""
+    now = utcnow()
+    with db.session() as session:
+        # The first statement of the transaction writes: on SQLite it then waits for the
+        # write lock instead of failing on a read snapshot another writer made stale.
+        node = session.exec(
+            update(Node)
+            .where(
+                col(Node.id) == node_id,
+                col(Node.instance_id).is_(None),
+                col(Node.provision_state) == ProvisionState.AVAILABLE.value,
+                not_(col(Node.maintenance)),
+                col(Node.reservation).is_(None),
+            )
+            .values(instance_id=instance_id, updated_at=now)
+        )
+        if node.rowcount != 1:
+            return ClaimOutcome.NODE_TAKEN
+        instance = session.exec(
+            update(Instance)
+            .where(
+                col(Instance.id) == instance_id,
+                col(Instance.status) == InstanceStatus.BUILD,
+                col(Instance.node_id).is_(None),
+            )
+            .values(
+                node_id=node_id,
+                task_state=TaskState.DEPLOYING,
+                attempts=col(Instance.attempts) + 1,
+                updated_at=now,
+            )
+        )
+        if instance.rowcount != 1:
+            session.rollback()  # releases the node: it was never claimed for anyone else
+            return ClaimOutcome.INSTANCE_GONE
+    return ClaimOutcome.CLAIMED
+
+
+def release_claim(db: Database, instance_id: str, node_id: str, fault: dict[str, Any]) -> bool:
+    """Undo a claim whose deploy could not be started: the node is free again and the
+    instance, if it still waits on this node, goes to ERROR with ``fault``.
+
+    Returns whether the instance went to ERROR.
+    """
+    with db.session() as session:
+        session.exec(
+            update(Node)
+            .where(col(Node.id) == node_id, col(Node.instance_id) == instance_id)
+            .values(instance_id=None, updated_at=utcnow())
+        )
+        instance = session.exec(
+            update(Instance)
+            .where(
+                col(Instance.id) == instance_id,
+                col(Instance.status) == InstanceStatus.BUILD,
+                col(Instance.node_id) == node_id,
+            )
+            .values(
+                node_id=None,
+                status=InstanceStatus.ERROR,
+                task_state=None,
+                fault=fault,
+                updated_at=utcnow(),
+            )
+        )
+        return instance.rowcount == 1
+
+
+def fail_instance(db: Database, instance_id: str, fault: dict[str, Any]) -> bool:
+    """Put an instance that waits for a node into ERROR with ``fault``.
+
+    Returns whether it did (False: the instance was deleted or got a node meanwhile).
+    """
+    with db.session() as session:
+        instance = session.exec(
+            update(Instance)
+            .where(
+                col(Instance.id) == instance_id,
+                col(Instance.status) == InstanceStatus.BUILD,
+                col(Instance.node_id).is_(None),
+            )
+            .values(status=InstanceStatus.ERROR, task_state=None, fault=fault, updated_at=utcnow())
+        )
+        return instance.rowcount == 1

@@ -1,0 +1,165 @@
+"""Filters: which nodes could take an instance at all, each one SQL condition on ``node``.
+
+The database applies them, so thousands of nodes cost one query; when nothing is left,
+one more query counts what each filter removed, for the "no valid host" reason.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import ColumnElement, and_, case, func, not_, true
+from sqlmodel import Session, col, select
+
+from libs.db import Node, Port
+from services.conductor.states import ProvisionState
+
+from .request import RequestSpec
+
+
+class NodeFilter(ABC):
+    """One reason a node cannot take an instance, as a condition the node must meet."""
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    @abstractmethod
+    def clause(self, spec: RequestSpec) -> ColumnElement[bool]:
+        """The SQL condition on ``node`` that the nodes passing this filter meet."""
+
+
+class ResourceClassFilter(NodeFilter):
+    """The node is of the flavor's resource class (its kind of hardware)."""
+
+    def clause(self, spec: RequestSpec) -> ColumnElement[bool]:
+        return col(Node.resource_class) == spec.resource_class
+
+
+class PropertiesFilter(NodeFilter):
+    """The node has at least the flavor's cpus, memory and disk."""
+
+    def clause(self, spec: RequestSpec) -> ColumnElement[bool]:
+        return and_(
+            col(Node.cpus) >= spec.cpus,
+            col(Node.memory_mb) >= spec.memory_mb,
+            col(Node.disk_gb) >= spec.disk_gb,
+        )
+
+
+class AvailableFilter(NodeFilter):
+    """The node is offered to users and free: available, not in maintenance, unclaimed and
+    not locked by a conductor (the same conditions the claim checks again)."""
+
+    def clause(self, spec: RequestSpec) -> ColumnElement[bool]:
+        return and_(
+            col(Node.provision_state) == ProvisionState.AVAILABLE.value,
+            not_(col(Node.maintenance)),
+            col(Node.instance_id).is_(None),
+            col(Node.reservation).is_(None),
+        )
+
+
+class PortsFilter(NodeFilter):
+    """The node has a port for each network of the instance."""
+
+    def clause(self, spec: RequestSpec) -> ColumnElement[bool]:
+        if spec.port_count == 0:
+            return true()
+        ports = (
+            select(func.count(col(Port.id)))
+            .where(col(Port.node_id) == col(Node.id))
+            .scalar_subquery()
+        )
+        return ports >= spec.port_count
+
+
+class ExcludeFailedFilter(NodeFilter):
+    """The node is not one a deploy of this instance already failed on."""
+
+    def clause(self, spec: RequestSpec) -> ColumnElement[bool]:
+        if not spec.excluded_node_ids:
+            return true()
+        return col(Node.id).not_in(sorted(spec.excluded_node_ids))
+
+
+#: The filters every request goes through, cheapest and most selective first.
+DEFAULT_FILTERS: tuple[NodeFilter, ...] = (
+    ResourceClassFilter(),
+    PropertiesFilter(),
+    AvailableFilter(),
+    PortsFilter(),
+    ExcludeFailedFilter(),
+)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A node that passed every filter, with what the weighers compare."""
+
+    id: str
+    cpus: int
+    memory_mb: int
+    disk_gb: int
+
+
+def find_candidates(
+    session: Session, spec: RequestSpec, filters: Sequence[NodeFilter] = DEFAULT_FILTERS
+) -> list[Candidate]:
+    """The nodes that pass every filter, in no particular order."""
+    rows = session.exec(
+        select(col(Node.id), col(Node.cpus), col(Node.memory_mb), col(Node.disk_gb)).where(
+            *(f.clause(spec) for f in filters)
+        )
+    ).all()
+    return [Candidate(id=i, cpus=c, memory_mb=m, disk_gb=d) for i, c, m, d in rows]
+
+
+@dataclass(frozen=True)
+class FilterCount:
+    """How many nodes were left after a filter, and how many it removed."""
+
+    name: str
+    left: int
+    removed: int
+
+
+def count_by_filter(
+    session: Session, spec: RequestSpec, filters: Sequence[NodeFilter] = DEFAULT_FILTERS
+) -> tuple[int, list[FilterCount]]:
+    """All nodes, and what was left after each filter applied in turn (one query)."""
+    clauses = [f.clause(spec) for f in filters]
+    # Column 0 counts every node, column i the nodes that pass filters 1..i.
+    columns = [func.count(col(Node.id))] + [
+        func.coalesce(func.sum(case((and_(*clauses[: i + 1]), 1), else_=0)), 0)
+        for i in range(len(clauses))
+    ]
+    row = session.exec(select(*columns)).one()
+    total, lefts = int(row[0]), [int(value) for value in row[1:]]
+    counts = []
+    before = total
+    for f, left in zip(filters, lefts, strict=True):
+        counts.append(FilterCount(name=f.name, left=left, removed=before - left))
+        before = left
+    return total, counts
+
+
+def no_valid_host_reason(
+    session: Session, spec: RequestSpec, filters: Sequence[NodeFilter] = DEFAULT_FILTERS
+) -> str:
+    """Why no node fits, naming each filter that removed nodes, e.g. "no valid host for
+    flavor 'bm' (resource class 'bm'): 20 nodes; 0 left after AvailableFilter (20 removed)".
+    """
+    total, counts = count_by_filter(session, spec, filters)
+    parts = [
+        f"no valid host for flavor {spec.flavor_name!r} "
+        f"(resource class {spec.resource_class!r}): {_nodes(total)}"
+    ]
+    parts.extend(f"{c.left} left after {c.name} ({c.removed} removed)" for c in counts if c.removed)
+    return "; ".join(parts)
+
+
+def _nodes(count: int) -> str:
+    return f"{count} node" if count == 1 else f"{count} nodes"

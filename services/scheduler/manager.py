@@ -1,0 +1,147 @@
+"""The scheduler's RPC endpoint: pick a node for a BUILD instance, claim it, start the deploy.
+
+Filters (``filters.py``) find the nodes that fit, weighers (``weighers.py``) order them,
+and the atomic claim (``claims.py``) settles races with other schedulers. Requests may
+come twice (casts are at least once): an instance that no longer waits for a node is
+left alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterable, Sequence
+
+from libs import rpc
+from libs.db import Database, Flavor, Instance, InstanceStatus
+from libs.errors import NoValidHost, ServiceUnavailable, TetsuError
+from services.conductor.rpcapi import ConductorAPI
+
+from .claims import ClaimOutcome, claim_node, fail_instance, release_claim
+from .filters import DEFAULT_FILTERS, NodeFilter, find_candidates, no_valid_host_reason
+from .request import RequestSpec
+from .settings import SchedulerSettings
+from .weighers import DEFAULT_WEIGHERS, Weigher, rank
+
+LOG = logging.getLogger(__name__)
+
+# Each round re-reads the candidates after losing the race for every one of them; a few
+# rounds are plenty, and the bound keeps a node that flips between free and locked from
+# holding a worker forever.
+CLAIM_ROUNDS = 5
+
+DEPLOY_FAILED = "deploy_failed"
+
+
+class SchedulerManager:
+    RPC_API_VERSION = "1.0"
+
+    def __init__(
+        self,
+        settings: SchedulerSettings,
+        db: Database,
+        transport: rpc.Transport,
+        *,
+        filters: Sequence[NodeFilter] = DEFAULT_FILTERS,
+        weighers: Sequence[Weigher] = DEFAULT_WEIGHERS,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.filters = tuple(filters)
+        self.weighers = tuple(weighers)
+        self.rng = rng
+        self.conductor = ConductorAPI(
+            transport, db, heartbeat_timeout=settings.conductor_heartbeat_timeout
+        )
+
+    @rpc.expose
+    def schedule_instance(self, ctxt: rpc.RequestContext, instance_id: str) -> None:
+        """Claim the best node for a BUILD instance and cast ``deploy_node`` to its owner."""
+        waiting = self._waiting_instance(instance_id)
+        if waiting is None:
+            return
+        _, spec = waiting
+        self._schedule(ctxt, spec)
+
+    @rpc.expose
+    def reschedule_instance(
+        self, ctxt: rpc.RequestContext, instance_id: str, failed_node_id: str, reason: str
+    ) -> None:
+        """A deploy failed on ``failed_node_id`` (the conductor released it): try another
+        node, or give up with ERROR once ``max_attempts`` deploys were tried."""
+        waiting = self._waiting_instance(instance_id, also_excluded=[failed_node_id])
+        if waiting is None:
+            return
+        instance, spec = waiting
+        failures = f"deploy failed on {len(spec.excluded_node_ids)} node(s); last: {reason}"
+        if instance.attempts >= self.settings.max_attempts:
+            LOG.warning("instance %s: giving up after %d attempts", instance_id, instance.attempts)
+            fail_instance(self.db, instance_id, {"code": DEPLOY_FAILED, "message": failures})
+            return
+        LOG.info("instance %s: rescheduling (%s)", instance_id, failures)
+        self._schedule(ctxt, spec, history=f" ({failures})")
+
+    def _waiting_instance(
+        self, instance_id: str, *, also_excluded: Iterable[str] = ()
+    ) -> tuple[Instance, RequestSpec] | None:
+        """The instance and what it needs, if it still waits for a node (else None)."""
+        with self.db.session() as session:
+            instance = session.get(Instance, instance_id)
+            if instance is None:
+                LOG.warning("instance %s: not found, nothing to schedule", instance_id)
+                return None
+            if instance.status != InstanceStatus.BUILD or instance.node_id is not None:
+                LOG.info(
+                    "instance %s: not waiting for a node (status %s, node %s); ignored",
+                    instance_id,
+                    instance.status,
+                    instance.node_id,
+                )
+                return None
+            flavor = session.get(Flavor, instance.flavor_id)
+        if flavor is None:
+            message = f"flavor {instance.flavor_id} no longer exists"
+            fail_instance(self.db, instance_id, {"code": "not_found", "message": message})
+            return None
+        return instance, RequestSpec.for_instance(instance, flavor, also_excluded=also_excluded)
+
+    def _schedule(self, ctxt: rpc.RequestContext, spec: RequestSpec, history: str = "") -> None:
+        try:
+            node_id = self._claim_best(spec)
+        except NoValidHost as exc:
+            LOG.warning("instance %s: %s%s", spec.instance_id, exc.reason, history)
+            fault = {"code": NoValidHost.code, "message": exc.reason + history}
+            fail_instance(self.db, spec.instance_id, fault)
+            return
+        if node_id is None:
+            LOG.info("instance %s: no longer waits for a node; claim dropped", spec.instance_id)
+            return
+        try:
+            self.conductor.deploy_node(ctxt, node_id, spec.instance_id)
+        except (TetsuError, rpc.RPCError) as exc:
+            # The cast never reached a conductor, so nothing else will move the instance on.
+            code = exc.code if isinstance(exc, TetsuError) else ServiceUnavailable.code
+            message = f"cannot start the deploy on node {node_id}: {exc}"
+            LOG.error("instance %s: %s", spec.instance_id, message)
+            release_claim(self.db, spec.instance_id, node_id, {"code": code, "message": message})
+            return
+        LOG.info("instance %s: deploying on node %s", spec.instance_id, node_id)
+
+    def _claim_best(self, spec: RequestSpec) -> str | None:
+        """The id of the node claimed for the instance; None when the instance no longer
+        waits (deleted, or scheduled by a duplicate request). Raises NoValidHost."""
+        for _ in range(CLAIM_ROUNDS):
+            with self.db.session() as session:
+                candidates = find_candidates(session, spec, self.filters)
+            if not candidates:
+                break
+            for candidate in rank(candidates, spec, self.weighers, self.rng):
+                outcome = claim_node(self.db, spec.instance_id, candidate.id)
+                if outcome is ClaimOutcome.CLAIMED:
+                    return candidate.id
+                if outcome is ClaimOutcome.INSTANCE_GONE:
+                    return None
+                LOG.debug("instance %s: node %s taken meanwhile", spec.instance_id, candidate.id)
+        with self.db.session() as session:
+            raise NoValidHost(no_valid_host_reason(session, spec, self.filters))

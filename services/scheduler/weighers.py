@@ -1,0 +1,63 @@
+"""Weighers: in which order to try the nodes that passed the filters.
+
+Each weigher gives every candidate a weight (higher: try sooner); the weights of all
+weighers are added up. Candidates are shuffled before the (stable) sort, so equal nodes
+come in a random order and schedulers working at the same time go for different nodes.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from .filters import Candidate
+from .request import RequestSpec
+
+
+class Weigher(ABC):
+    @abstractmethod
+    def weights(self, candidates: Sequence[Candidate], spec: RequestSpec) -> list[float]:
+        """One weight per candidate, in the candidates' order; higher is better."""
+
+
+class BestFitWeigher(Weigher):
+    """The node with the least to spare first, so big nodes stay free for big flavors.
+
+    A node's surplus of each resource (cpus, memory, disk) over the flavor is divided by
+    the largest surplus of that resource among the candidates, so each resource counts
+    alike whatever its unit; the weight is minus the mean of the three, in [-1, 0].
+    """
+
+    def weights(self, candidates: Sequence[Candidate], spec: RequestSpec) -> list[float]:
+        surpluses = [
+            (c.cpus - spec.cpus, c.memory_mb - spec.memory_mb, c.disk_gb - spec.disk_gb)
+            for c in candidates
+        ]
+        if not surpluses:
+            return []
+        largest = [max(column) for column in zip(*surpluses, strict=True)]
+        return [
+            -sum(s / top for s, top in zip(surplus, largest, strict=True) if top > 0) / 3
+            for surplus in surpluses
+        ]
+
+
+DEFAULT_WEIGHERS: tuple[Weigher, ...] = (BestFitWeigher(),)
+
+
+def rank(
+    candidates: Sequence[Candidate],
+    spec: RequestSpec,
+    weighers: Sequence[Weigher] = DEFAULT_WEIGHERS,
+    rng: random.Random | None = None,
+) -> list[Candidate]:
+    """The candidates best first; equally good ones in random order."""
+    shuffled = list(candidates)
+    (rng.shuffle if rng is not None else random.shuffle)(shuffled)
+    totals = [0.0] * len(shuffled)
+    for weigher in weighers:
+        for index, weight in enumerate(weigher.weights(shuffled, spec)):
+            totals[index] += weight
+    order = sorted(range(len(shuffled)), key=lambda index: -totals[index])
+    return [shuffled[index] for index in order]

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from libs import rpc
 
-from . import demo
+from . import demo, flavors, images, login, networks, nodes, ports, projects, servers, users
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
@@ -32,6 +32,15 @@ rpc_app = typer.Typer(
     help="Send a message on the bus by hand (debugging and operations).", no_args_is_help=True
 )
 app.add_typer(rpc_app, name="rpc")
+app.add_typer(servers.app, name="server")
+app.add_typer(images.app, name="image")
+app.add_typer(flavors.app, name="flavor")
+app.add_typer(networks.app, name="network")
+app.add_typer(nodes.app, name="node")
+app.add_typer(ports.app, name="port")
+app.add_typer(projects.app, name="project")
+app.add_typer(users.app, name="user")
+app.command("login")(login.login)
 
 UrlOption = Annotated[
     str,

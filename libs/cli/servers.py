@@ -1,0 +1,187 @@
+"""``tetsu server``: instances on bare-metal nodes (``/v1/instances``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .client import APIClient, Resource
+from .output import (
+    SERVER_COLUMNS,
+    OutputFormat,
+    print_list,
+    print_note,
+    print_resource,
+    stderr_console,
+)
+from .session import (
+    EXIT_FAILED,
+    EXIT_TIMED_OUT,
+    EndpointOption,
+    FormatOption,
+    PollOption,
+    TimeoutOption,
+    TokenOption,
+    connect,
+    fail,
+    runtime,
+)
+from .waiting import ServerProgress, ServerWatcher, WaitTimedOut, describe_server, poll
+
+app = typer.Typer(
+    help="Servers: instances of an image on a whole physical machine, in your project.",
+    no_args_is_help=True,
+)
+
+ServerArg = Annotated[str, typer.Argument(help="Server id, or its name when unique.")]
+
+
+@app.command("create")
+def create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Name of the new server.")],
+    flavor: Annotated[str, typer.Option(help="Flavor id or name: what kind of machine.")],
+    image: Annotated[str, typer.Option(help="Image id or name to write on its disk.")],
+    network: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Network id or name; repeat for more. The node's first port joins the "
+            "first network, its second port the second..."
+        ),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option(help="Show the deploy's progress until the server is ACTIVE.")
+    ] = False,
+    timeout: TimeoutOption = 1800.0,
+    poll_interval: PollOption = 2.0,
+    endpoint: EndpointOption = None,
+    token: TokenOption = None,
+    fmt: FormatOption = OutputFormat.TABLE,
+) -> None:
+    """Create a server: the scheduler picks a free node that fits the flavor and the
+    conductor deploys the image on it.
+
+    With --wait, exit status 0 when the server is ACTIVE, 1 when it failed (the fault is
+    printed), 2 when --timeout passed first (the deploy goes on).
+    """
+    with connect(ctx, endpoint, token) as api:
+        body: Resource = {"name": name, "flavor": flavor, "image": image}
+        if network:
+            body["networks"] = [api.networks.find(each)["id"] for each in network]
+        instance = api.instances.create(body)
+        if wait:
+            instance = _wait(ctx, api, instance, "ACTIVE", timeout, poll_interval)
+    print_resource(instance, fmt)
+    if instance.get("status") == "ERROR":
+        raise _failed(instance)
+
+
+@app.command("list")
+def list_servers(
+    ctx: typer.Context,
+    status: Annotated[
+        str | None,
+        typer.Option(help="Only servers in this status (BUILD, ACTIVE, ERROR, DELETED...)."),
+    ] = None,
+    project: Annotated[
+        str | None, typer.Option(help="Admins: only this project's servers (id or name).")
+    ] = None,
+    endpoint: EndpointOption = None,
+    token: TokenOption = None,
+    fmt: FormatOption = OutputFormat.TABLE,
+) -> None:
+    """List your project's servers (an admin sees every project's). Deleted servers only
+    show with --status DELETED."""
+    with connect(ctx, endpoint, token) as api:
+        project_id = api.projects.find(project)["id"] if project else None
+        status = status.upper() if status else None
+        servers = api.instances.list(status=status, project_id=project_id)
+    print_list(servers, SERVER_COLUMNS, fmt)
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    server: ServerArg,
+    endpoint: EndpointOption = None,
+    token: TokenOption = None,
+    fmt: FormatOption = OutputFormat.TABLE,
+) -> None:
+    """Show a server: status, task, node, fault..."""
+    with connect(ctx, endpoint, token) as api:
+        instance = api.instances.find(server)
+    print_resource(instance, fmt)
+
+
+@app.command("delete")
+def delete(
+    ctx: typer.Context,
+    server: ServerArg,
+    wait: Annotated[
+        bool, typer.Option(help="Wait until the node is cleaned and the server DELETED.")
+    ] = False,
+    timeout: TimeoutOption = 1800.0,
+    poll_interval: PollOption = 2.0,
+    endpoint: EndpointOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Delete a server: its node is powered off, its disk wiped, and it goes back to the
+    pool of available nodes."""
+    with connect(ctx, endpoint, token) as api:
+        instance = api.instances.find(server)
+        answer = api.instances.delete(instance["id"])
+        if not wait:
+            print_note(f"deleting server {instance['name']} ({instance['id']})")
+            return
+        instance = _wait(
+            ctx, api, {**instance, **(answer or {})}, "DELETED", timeout, poll_interval
+        )
+    if instance.get("status") == "ERROR":
+        raise _failed(instance)
+    print_note(f"deleted server {instance.get('name', server)} ({instance['id']})")
+
+
+def _wait(
+    ctx: typer.Context,
+    api: APIClient,
+    instance: Resource,
+    goal: str,
+    timeout: float,
+    interval: float,
+) -> Resource:
+    """The instance once it reached ``goal`` or ERROR; exit status 2 at the timeout."""
+    watcher = ServerWatcher(api, instance["id"])
+
+    def settled(progress: ServerProgress) -> bool:
+        return progress.instance.get("status") in {goal, "ERROR"}
+
+    try:
+        progress = poll(
+            watcher.fetch,
+            describe_server,
+            settled,
+            what=f"server {instance.get('name', instance['id'])}",
+            timeout=timeout,
+            interval=interval,
+            runtime=runtime(ctx),
+            console=stderr_console(),
+            first=ServerProgress(instance, None),
+        )
+    except WaitTimedOut as exc:
+        raise fail(
+            f"server {instance['id']} is not {goal} after {timeout:g} s "
+            f"(still {exc.last}); see `tetsu server show {instance['id']}`",
+            EXIT_TIMED_OUT,
+        ) from None
+    return {**instance, **progress.instance}
+
+
+def _failed(instance: Resource) -> typer.Exit:
+    fault = instance.get("fault") or {}
+    message = fault.get("message") or "no reason given"
+    code = fault.get("code") or "unknown"
+    return fail(
+        f"server {instance.get('name', '')} ({instance['id']}) failed: {message} ({code})",
+        EXIT_FAILED,
+    )

@@ -1,0 +1,91 @@
+"""Passwords (salted scrypt) and bearer tokens (random, stored only as their sha256)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import datetime, timedelta
+
+from sqlmodel import Session, col, delete, select
+
+from libs.db import Token, User, as_utc, utcnow
+
+# scrypt cost: about 16 MiB and a few tens of milliseconds per hash.
+_SCRYPT_N = 2**14
+_SCRYPT_R = 8
+_SCRYPT_P = 1
+_SCRYPT_LEN = 32
+_SALT_BYTES = 16
+
+
+def _scrypt(password: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(
+        password.encode("utf-8"),
+        salt=salt,
+        n=_SCRYPT_N,
+        r=_SCRYPT_R,
+        p=_SCRYPT_P,
+        dklen=_SCRYPT_LEN,
+    )
+
+
+def hash_password(password: str) -> str:
+    """``scrypt$<salt hex>$<hash hex>`` for storing in ``User.password_hash``."""
+    salt = secrets.token_bytes(_SALT_BYTES)
+    return f"scrypt${salt.hex()}${_scrypt(password, salt).hex()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Whether ``password`` matches ``stored`` (False for a hash in an unknown form)."""
+    scheme, _, rest = stored.partition("$")
+    salt_hex, _, hash_hex = rest.partition("$")
+    if scheme != "scrypt" or not salt_hex or not hash_hex:
+        return False
+    try:
+        salt, expected = bytes.fromhex(salt_hex), bytes.fromhex(hash_hex)
+    except ValueError:
+        return False
+    return hmac.compare_digest(_scrypt(password, salt), expected)
+
+
+#: Checked against when the user name is unknown, so a login takes as long either way and
+#: the timing does not tell which user names exist.
+_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+
+
+def authenticate(session: Session, name: str, password: str) -> User | None:
+    """The user with this name and password, or None (same cost whether the name exists)."""
+    user = session.exec(select(User).where(col(User.name) == name)).first()
+    if user is None:
+        verify_password(password, _DUMMY_HASH)
+        return None
+    return user if verify_password(password, user.password_hash) else None
+
+
+def token_digest(token: str) -> str:
+    """The sha256 hex digest under which a token is stored (``Token.id``)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def issue_token(session: Session, user: User, ttl_seconds: int) -> tuple[str, Token]:
+    """A new bearer token for ``user``: the secret (shown once) and its stored row.
+
+    The user's expired tokens are removed at the same time, so the table does not grow.
+    """
+    now = utcnow()
+    session.exec(delete(Token).where(col(Token.user_id) == user.id, col(Token.expires_at) < now))
+    secret = secrets.token_urlsafe(32)
+    row = Token(
+        id=token_digest(secret), user_id=user.id, expires_at=now + timedelta(seconds=ttl_seconds)
+    )
+    session.add(row)
+    return secret, row
+
+
+def user_for_token(session: Session, token: str, now: datetime | None = None) -> User | None:
+    """The user a bearer token belongs to, or None when it is unknown or expired."""
+    row = session.get(Token, token_digest(token))
+    if row is None or as_utc(row.expires_at) <= (now or utcnow()):
+        return None
+    return session.get(User, row.user_id)

@@ -1,0 +1,125 @@
+"""FastAPI dependencies: the database session, the caller's identity and role checks."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from libs.db import Database, Project, Role
+from libs.errors import Forbidden, Unauthorized
+from libs.rpc import RequestContext
+from services.conductor.rpcapi import ConductorAPI
+from services.scheduler.rpcapi import SchedulerAPI
+
+from .auth import user_for_token
+from .errors import request_id_of
+from .settings import APISettings
+
+#: The project the bootstrap admin token acts in (created the first time it is used).
+ADMIN_PROJECT = "admin"
+
+_bearer = HTTPBearer(auto_error=False, description="A token from POST /v1/tokens")
+
+
+def get_settings(request: Request) -> APISettings:
+    settings: APISettings = request.app.state.settings
+    return settings
+
+
+def get_database(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+def get_scheduler_api(request: Request) -> SchedulerAPI:
+    api: SchedulerAPI = request.app.state.scheduler_api
+    return api
+
+
+def get_conductor_api(request: Request) -> ConductorAPI:
+    api: ConductorAPI = request.app.state.conductor_api
+    return api
+
+
+SettingsDep = Annotated[APISettings, Depends(get_settings)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
+SchedulerAPIDep = Annotated[SchedulerAPI, Depends(get_scheduler_api)]
+ConductorAPIDep = Annotated[ConductorAPI, Depends(get_conductor_api)]
+
+
+def get_session(db: DatabaseDep) -> Iterator[Session]:
+    """A session for one request. Routes commit their writes themselves (so that a unique
+    violation is answered as a 409 and a commit happens before any message is sent); the
+    exit commits anything left and closes before the response is sent."""
+    with db.session() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def admin_project_id(session: Session) -> str:
+    """The id of the bootstrap admin's project, created on first use."""
+    statement = select(Project.id).where(col(Project.name) == ADMIN_PROJECT)
+    found = session.exec(statement).first()
+    if found is not None:
+        return found
+    project = Project(name=ADMIN_PROJECT, description="The bootstrap administrator's project")
+    session.add(project)
+    try:
+        session.commit()
+    except IntegrityError:
+        # Another request created it at the same moment: use theirs.
+        session.rollback()
+        return session.exec(statement).one()
+    return project.id
+
+
+def get_context(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> RequestContext:
+    """Who is calling: the bearer token turned into the context every RPC message carries."""
+    if credentials is None or not credentials.credentials:
+        raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
+    token = credentials.credentials
+    request_id = request_id_of(request)
+    admin_token = settings.admin_token
+    if admin_token is not None and hmac.compare_digest(
+        token.encode("utf-8"), admin_token.get_secret_value().encode("utf-8")
+    ):
+        return RequestContext(
+            request_id=request_id,
+            project_id=admin_project_id(session),
+            user_id=None,
+            roles=(Role.ADMIN.value,),
+        )
+    user = user_for_token(session, token)
+    if user is None:
+        raise Unauthorized("invalid or expired token")
+    return RequestContext(
+        request_id=request_id,
+        project_id=user.project_id,
+        user_id=user.id,
+        roles=(Role(user.role).value,),
+    )
+
+
+ContextDep = Annotated[RequestContext, Depends(get_context)]
+
+
+def require_admin(ctxt: ContextDep) -> RequestContext:
+    if not ctxt.is_admin:
+        raise Forbidden("this needs the admin role")
+    return ctxt
+
+
+AdminDep = Annotated[RequestContext, Depends(require_admin)]

@@ -1,0 +1,31 @@
+"""The REST API v1, one module per resource; :data:`ROUTERS` lists them for the app."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from . import (
+    conductors,
+    flavors,
+    images,
+    instances,
+    networks,
+    nodes,
+    ports,
+    projects,
+    tokens,
+    users,
+)
+
+ROUTERS: tuple[APIRouter, ...] = (
+    projects.router,
+    users.router,
+    tokens.router,
+    flavors.router,
+    images.router,
+    networks.router,
+    nodes.router,
+    ports.router,
+    instances.router,
+    conductors.router,
+)

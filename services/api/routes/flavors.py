@@ -1,0 +1,81 @@
+"""Flavors: the sizes of machine a user can ask for (admins define them, anyone reads)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+from sqlmodel import Session, col, delete, select
+
+from libs.db import Flavor, Instance, InstanceStatus
+from libs.errors import NotFound
+
+from ..deps import AdminDep, ContextDep, SessionDep
+from ..errors import InUse
+from ..queries import PageDep, commit_unique, paginate
+from ..schemas import FlavorCreate, FlavorList, FlavorPublic
+
+router = APIRouter(prefix="/v1/flavors", tags=["flavors"])
+
+
+def find_flavor(session: Session, ref: str) -> Flavor | None:
+    """The flavor whose id, or else whose name, is ``ref``."""
+    return (
+        session.get(Flavor, ref)
+        or session.exec(select(Flavor).where(col(Flavor.name) == ref)).first()
+    )
+
+
+def get_flavor(session: Session, ref: str) -> Flavor:
+    flavor = find_flavor(session, ref)
+    if flavor is None:
+        raise NotFound(f"flavor {ref!r} not found")
+    return flavor
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_flavor(body: FlavorCreate, session: SessionDep, _: AdminDep) -> FlavorPublic:
+    flavor = Flavor.model_validate(body.model_dump())
+    session.add(flavor)
+    commit_unique(session, f"a flavor named {body.name!r} exists")
+    return FlavorPublic.from_row(flavor)
+
+
+@router.get("")
+def list_flavors(
+    session: SessionDep,
+    _: ContextDep,
+    page: PageDep,
+    resource_class: Annotated[str | None, Query(max_length=80)] = None,
+) -> FlavorList:
+    statement = select(Flavor)
+    if resource_class is not None:
+        statement = statement.where(col(Flavor.resource_class) == resource_class)
+    rows, next_marker = paginate(session, statement, col(Flavor.id), page)
+    return FlavorList(flavors=[FlavorPublic.from_row(r) for r in rows], next_marker=next_marker)
+
+
+@router.get("/{flavor_ref}")
+def show_flavor(flavor_ref: str, session: SessionDep, _: ContextDep) -> FlavorPublic:
+    """A flavor by id or name."""
+    return FlavorPublic.from_row(get_flavor(session, flavor_ref))
+
+
+@router.delete("/{flavor_ref}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_flavor(flavor_ref: str, session: SessionDep, _: AdminDep) -> None:
+    flavor = get_flavor(session, flavor_ref)
+    in_use = session.exec(
+        select(Instance.id)
+        .where(col(Instance.flavor_id) == flavor.id, col(Instance.status) != InstanceStatus.DELETED)
+        .limit(1)
+    ).first()
+    if in_use is not None:
+        raise InUse(f"flavor {flavor.name!r} is used by instance {in_use}")
+    # Deleted instances' records would otherwise pin the flavor forever.
+    session.exec(
+        delete(Instance).where(
+            col(Instance.flavor_id) == flavor.id, col(Instance.status) == InstanceStatus.DELETED
+        )
+    )
+    session.delete(flavor)
+    session.commit()

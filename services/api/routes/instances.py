@@ -1,0 +1,214 @@
+"""Instances: a user's machine. Creating one asks the scheduler for a node; deleting one
+with a node asks the node's conductor to tear it down (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+from sqlmodel import Session, col, select, update
+
+from libs import rpc
+from libs.db import ImageStatus, Instance, InstanceStatus, Network, TaskState, utcnow
+from libs.errors import (
+    Forbidden,
+    InvalidStateTransition,
+    NoLiveConductor,
+    NotFound,
+    ServiceUnavailable,
+)
+from libs.rpc import RequestContext
+
+from ..deps import ConductorAPIDep, ContextDep, SchedulerAPIDep, SessionDep, SettingsDep
+from ..errors import InvalidInput
+from ..queries import PageDep, paginate
+from ..schemas import InstanceCreate, InstanceList, InstancePublic
+from .flavors import find_flavor
+from .images import find_image
+
+router = APIRouter(prefix="/v1/instances", tags=["instances"])
+
+#: Errors of the message bus itself: the request did not reach (or not surely reach) a service.
+BUS_ERRORS = (rpc.Timeout, rpc.NoConsumer, rpc.TransportError)
+
+
+def get_instance(session: Session, instance_id: str, ctxt: RequestContext) -> Instance:
+    """An instance of the caller's project (any for an admin); others' are not found."""
+    instance = session.get(Instance, instance_id)
+    if instance is None or not (ctxt.is_admin or instance.project_id == ctxt.project_id):
+        raise NotFound(f"instance {instance_id!r} not found")
+    return instance
+
+
+def public(instance: Instance, ctxt: RequestContext) -> InstancePublic:
+    return InstancePublic.from_row(instance, show_node=ctxt.is_admin)
+
+
+def check_networks(session: Session, network_ids: list[str], ctxt: RequestContext) -> None:
+    for network_id in network_ids:
+        network = session.get(Network, network_id)
+        if network is None or not (ctxt.is_admin or network.project_id == ctxt.project_id):
+            raise InvalidInput(f"network {network_id!r} not found")
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={503: {"description": "The scheduler could not be reached; instance in ERROR"}},
+)
+def create_instance(
+    body: InstanceCreate,
+    response: Response,
+    session: SessionDep,
+    ctxt: ContextDep,
+    settings: SettingsDep,
+    scheduler: SchedulerAPIDep,
+) -> InstancePublic:
+    """Start building an instance; poll it until ACTIVE (or ERROR, with a fault)."""
+    flavor = find_flavor(session, body.flavor)
+    if flavor is None:
+        raise InvalidInput(f"flavor {body.flavor!r} not found")
+    image = find_image(session, body.image, ctxt)
+    if image.status != ImageStatus.ACTIVE:
+        raise InvalidInput(f"image {body.image!r} is not active yet (it is {image.status})")
+    check_networks(session, body.networks, ctxt)
+    if ctxt.project_id is None:
+        raise Forbidden("the caller has no project to create the instance in")
+    instance = Instance(
+        name=body.name,
+        project_id=ctxt.project_id,
+        user_id=ctxt.user_id,
+        flavor_id=flavor.id,
+        image_id=image.id,
+        network_ids=list(body.networks),
+        status=InstanceStatus.BUILD,
+        task_state=TaskState.SCHEDULING,
+    )
+    session.add(instance)
+    session.commit()  # the scheduler reads the row: it must exist before the cast
+    try:
+        scheduler.schedule_instance(ctxt, instance.id)
+    except BUS_ERRORS as exc:
+        fail_unscheduled(session, instance, "the scheduler could not be reached")
+        raise ServiceUnavailable(
+            f"the scheduler could not be reached; instance {instance.id} is in ERROR"
+        ) from exc
+    base = (settings.public_url or "").rstrip("/")
+    response.headers["Location"] = f"{base}/v1/instances/{instance.id}"
+    return public(instance, ctxt)
+
+
+def fail_unscheduled(session: Session, instance: Instance, message: str) -> None:
+    """Put an instance the scheduler never got into ERROR (unless it got it after all)."""
+    session.exec(
+        update(Instance)
+        .where(
+            col(Instance.id) == instance.id,
+            col(Instance.status) == InstanceStatus.BUILD,
+            col(Instance.node_id).is_(None),
+        )
+        .values(
+            status=InstanceStatus.ERROR,
+            task_state=None,
+            fault={"code": ServiceUnavailable.code, "message": message},
+            updated_at=utcnow(),
+        )
+    )
+    session.commit()
+
+
+@router.get("")
+def list_instances(
+    session: SessionDep,
+    ctxt: ContextDep,
+    page: PageDep,
+    status_filter: Annotated[
+        InstanceStatus | None,
+        Query(alias="status", description="DELETED instances are listed only when asked for"),
+    ] = None,
+    project_id: Annotated[str | None, Query(max_length=36, description="Admins only")] = None,
+) -> InstanceList:
+    statement = select(Instance)
+    if not ctxt.is_admin:
+        if project_id is not None and project_id != ctxt.project_id:
+            raise Forbidden("only an admin may list other projects' instances")
+        project_id = ctxt.project_id
+    if project_id is not None:
+        statement = statement.where(col(Instance.project_id) == project_id)
+    if status_filter is None:
+        statement = statement.where(col(Instance.status) != InstanceStatus.DELETED)
+    else:
+        statement = statement.where(col(Instance.status) == status_filter)
+    rows, next_marker = paginate(session, statement, col(Instance.id), page)
+    return InstanceList(instances=[public(r, ctxt) for r in rows], next_marker=next_marker)
+
+
+@router.get("/{instance_id}")
+def show_instance(instance_id: str, session: SessionDep, ctxt: ContextDep) -> InstancePublic:
+    """An instance; a deleted one is still shown (status DELETED) so clients see the end."""
+    return public(get_instance(session, instance_id, ctxt), ctxt)
+
+
+def _refuse_if_gone(instance: Instance) -> None:
+    if instance.status == InstanceStatus.DELETED:
+        raise NotFound(f"instance {instance.id!r} is already deleted")
+    if instance.status == InstanceStatus.DELETING:
+        raise InvalidStateTransition(f"instance {instance.id!r} is already being deleted")
+
+
+@router.delete("/{instance_id}", status_code=status.HTTP_202_ACCEPTED)
+def delete_instance(
+    instance_id: str, session: SessionDep, ctxt: ContextDep, conductor: ConductorAPIDep
+) -> InstancePublic:
+    """Delete an instance: at once if it has no node, else by tearing its node down
+    (DELETING until the node is clean)."""
+    instance = get_instance(session, instance_id, ctxt)
+    _refuse_if_gone(instance)
+    gone = (InstanceStatus.DELETING, InstanceStatus.DELETED)
+    if instance.node_id is None:
+        # Conditional: the scheduler may be claiming a node for it right now.
+        now = utcnow()
+        result = session.exec(
+            update(Instance)
+            .where(
+                col(Instance.id) == instance.id,
+                col(Instance.node_id).is_(None),
+                col(Instance.status).not_in(gone),
+            )
+            .values(status=InstanceStatus.DELETED, task_state=None, deleted_at=now, updated_at=now)
+        )
+        session.commit()
+        session.refresh(instance)
+        if result.rowcount == 1:
+            return public(instance, ctxt)
+        _refuse_if_gone(instance)
+    node_id = instance.node_id
+    if node_id is None:
+        raise InvalidStateTransition(f"instance {instance.id!r} changed meanwhile; try again")
+    before = (instance.status, instance.task_state)
+    result = session.exec(
+        update(Instance)
+        .where(
+            col(Instance.id) == instance.id,
+            col(Instance.node_id) == node_id,
+            col(Instance.status) == instance.status,
+        )
+        .values(status=InstanceStatus.DELETING, task_state=TaskState.DELETING, updated_at=utcnow())
+    )
+    session.commit()
+    if result.rowcount != 1:
+        raise InvalidStateTransition(f"instance {instance.id!r} changed meanwhile; try again")
+    try:
+        conductor.tear_down_node(ctxt, node_id)
+    except (NoLiveConductor, *BUS_ERRORS):
+        # Nothing will tear it down: put it back so the user can simply retry.
+        session.exec(
+            update(Instance)
+            .where(col(Instance.id) == instance.id, col(Instance.status) == InstanceStatus.DELETING)
+            .values(status=before[0], task_state=before[1], updated_at=utcnow())
+        )
+        session.commit()
+        raise
+    session.refresh(instance)
+    return public(instance, ctxt)

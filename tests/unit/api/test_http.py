@@ -1,0 +1,120 @@
+"""The HTTP conventions every route shares: request ids, error bodies, logs, OpenAPI."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+
+from libs.log import ContextFilter
+from libs.rpc import current_context
+from services.api.app import create_app
+
+from .support import ADMIN, ADMIN_TOKEN, error_of
+
+GENERATED = re.compile(r"req-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def test_a_sane_request_id_is_echoed(client):
+    response = client.get("/healthz", headers={"X-Request-ID": "lb-01:abc.DEF_9-x"})
+    assert response.headers["X-Request-ID"] == "lb-01:abc.DEF_9-x"
+
+
+@pytest.mark.parametrize("given", [None, "has space", "x" * 129, "quote'd", "café".encode()])
+def test_otherwise_a_new_request_id_is_made(client, given):
+    headers = {} if given is None else {"X-Request-ID": given}
+    response = client.get("/healthz", headers=headers)
+    assert GENERATED.fullmatch(response.headers["X-Request-ID"])
+
+
+def test_errors_carry_the_request_id(client):
+    response = client.get("/v1/instances", headers={"X-Request-ID": "trace-me"})
+    assert error_of(response)["request_id"] == "trace-me"
+
+
+def test_unknown_route_and_wrong_method_are_json(client):
+    missing = client.get("/v1/nothing", headers=ADMIN)
+    assert missing.status_code == 404
+    assert error_of(missing)["code"] == "not_found"
+    wrong = client.patch("/v1/flavors", headers=ADMIN)
+    assert wrong.status_code == 405
+    assert error_of(wrong)["code"] == "method_not_allowed"
+
+
+def test_an_unexpected_error_is_500_without_a_traceback(settings, db, memory_transport, caplog):
+    app = create_app(settings, db, memory_transport)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("secret internals")
+
+    with TestClient(app) as client, caplog.at_level(logging.ERROR):
+        response = client.get("/boom", headers={"X-Request-ID": "boom-1"})
+    assert response.status_code == 500
+    assert error_of(response) == {
+        "code": "internal_error",
+        "reason": "internal server error",
+        "request_id": "boom-1",
+    }
+    assert "secret internals" not in response.text
+    assert "Traceback" not in response.text
+    assert "secret internals" in caplog.text  # but the operator can find out
+
+
+def test_handlers_run_in_the_request_context(settings, db, memory_transport):
+    """So every log line a handler writes (and every RPC it sends) names the request."""
+    app = create_app(settings, db, memory_transport)
+
+    @app.get("/whoami")
+    def whoami() -> dict[str, str | None]:
+        ctxt = current_context.get()
+        return {"request_id": ctxt.request_id if ctxt is not None else None}
+
+    with TestClient(app) as client:
+        response = client.get("/whoami", headers={"X-Request-ID": "ctx-1"})
+    assert response.json() == {"request_id": "ctx-1"}
+    assert current_context.get() is None  # and it does not leak out of the request
+
+
+def test_one_access_line_per_request_without_credentials(client, caplog):
+    with caplog.at_level(logging.INFO, logger="services.api.access"):
+        client.get("/v1/flavors?limit=5", headers=ADMIN | {"X-Request-ID": "log-1"})
+    lines = [r for r in caplog.records if r.name == "services.api.access"]
+    assert len(lines) == 1
+    message = lines[0].getMessage()
+    assert message.startswith("GET /v1/flavors 200 ")
+    assert message.endswith("ms")
+    assert ADMIN_TOKEN not in caplog.text
+
+
+def test_request_id_is_the_logging_context(client, caplog):
+    caplog.handler.addFilter(ContextFilter("api"))
+    with caplog.at_level(logging.INFO, logger="services.api.access"):
+        client.get("/healthz", headers={"X-Request-ID": "ctx-7"})
+    record = next(r for r in caplog.records if r.name == "services.api.access")
+    assert record.request_id == "ctx-7"
+
+
+def test_openapi_describes_the_api(client):
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    spec = response.json()
+    for path in (
+        "/v1/instances",
+        "/v1/instances/{instance_id}",
+        "/v1/nodes/{node_ref}/states/provision",
+        "/v1/nodes/{node_id}/callback",
+        "/v1/images/{image_id}/file",
+        "/v1/tokens",
+    ):
+        assert path in spec["paths"], path
+    assert "HTTPBearer" in spec["components"]["securitySchemes"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_healthz_needs_no_token(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}

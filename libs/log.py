@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 from libs.rpc import current_context
 
@@ -29,17 +30,36 @@ class ContextFilter(logging.Filter):
         return True
 
 
-def setup_logging(service: str, level: str = "INFO") -> None:
-    """Send this process's logs to stderr in :data:`FORMAT` (idempotent)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT))
-    handler.addFilter(ContextFilter(service))
+def setup_logging(
+    service: str,
+    level: str = "INFO",
+    *,
+    log_file: Path | None = None,
+    console_level: str | None = None,
+) -> None:
+    """Send this process's logs to stderr in :data:`FORMAT` (idempotent).
+
+    With ``log_file``, records at ``level`` go to that file and only those at
+    ``console_level`` (default WARNING) to stderr: the all-in-one keeps its terminal for
+    the user's progress display.
+    """
     root = logging.getLogger()
     for old in list(root.handlers):
         if getattr(old, "_tetsu", False):
             root.removeHandler(old)
-    handler._tetsu = True  # type: ignore[attr-defined]
-    root.addHandler(handler)
+            old.close()
+    console = logging.StreamHandler(sys.stderr)
+    handlers: list[logging.Handler] = [console]
+    if log_file is not None:
+        console.setLevel((console_level or "WARNING").upper())
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter(FORMAT))
+        handler.addFilter(ContextFilter(service))
+        handler._tetsu = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
     root.setLevel(level.upper())
+    # httpx logs every request of our own clients at INFO: noise next to the access log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     # Per-request access lines come from our own middleware, with the request id.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from libs import rpc
 
-from . import demo, flavors, images, login, networks, nodes, ports, projects, servers, users
+from . import demo, flavors, images, login, networks, nodes, ops, ports, projects, servers, users
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
@@ -41,6 +41,9 @@ app.add_typer(ports.app, name="port")
 app.add_typer(projects.app, name="project")
 app.add_typer(users.app, name="user")
 app.command("login")(login.login)
+app.command("service")(ops.service_command)
+app.command("all-in-one")(ops.all_in_one_command)
+app.add_typer(ops.db_app, name="db")
 
 UrlOption = Annotated[
     str,

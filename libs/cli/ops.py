@@ -1,0 +1,98 @@
+"""Operator commands: run a service, run everything in one process, migrate the database."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from libs.config import CommonSettings
+from libs.db import upgrade
+from libs.log import setup_logging
+
+from .demo_cloud import seed_and_deploy
+from .processes import ServiceName, run_service, wait_for_signal
+
+console = Console()
+LOG = logging.getLogger(__name__)
+
+db_app = typer.Typer(help="The database schema (Alembic migrations).", no_args_is_help=True)
+
+
+def service_command(
+    name: Annotated[ServiceName, typer.Argument(help="Which service to run in this process.")],
+    migrate: Annotated[
+        bool, typer.Option(help="Apply database migrations before starting.")
+    ] = False,
+) -> None:
+    """Run one service (api, scheduler, conductor or netctl) until SIGTERM or Ctrl-C.
+
+    Settings come from TETSU_* environment variables (TETSU_DATABASE_URL,
+    TETSU_TRANSPORT_URL, TETSU_HOSTNAME, TETSU_ADMIN_TOKEN, TETSU_PORT, ...) or the TOML
+    file named by TETSU_CONFIG: its top-level keys apply to every service, its [api],
+    [scheduler], [conductor] and [netctl] tables to one. See docs/operations.md.
+    """
+    run_service(name, migrate=migrate)
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+) -> None:
+    """Create or migrate the schema of TETSU_DATABASE_URL (safe to run again)."""
+    settings = CommonSettings()
+    setup_logging("db", settings.log_level)
+    upgrade(settings.database_url, revision)
+    console.print(f"database at revision {revision}")
+
+
+def all_in_one_command(
+    state_dir: Annotated[
+        Path, typer.Option(help="Where the SQLite database, images and admin token live.")
+    ] = Path(".tetsu"),
+    host: Annotated[str, typer.Option(help="Address the API listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the API (0: any free port).")] = 8000,
+    demo: Annotated[
+        bool,
+        typer.Option(help="Enroll demo nodes (fake hardware) and create one instance end to end."),
+    ] = False,
+    nodes: Annotated[int, typer.Option(min=1, max=500, help="Demo nodes to enroll.")] = 4,
+    exit_after_demo: Annotated[
+        bool, typer.Option(help="Stop once the demo instance is ACTIVE (for scripts and tests).")
+    ] = False,
+) -> None:
+    """Run the API, scheduler, a conductor and netctl in this process.
+
+    No RabbitMQ or PostgreSQL needed: the services talk over the in-memory transport and
+    keep their state in SQLite under --state-dir. Hardware is fake (simulated power, PXE
+    and deploy ramdisk). With --demo it enrolls demo nodes and creates an instance over the
+    REST API, showing its progress, then keeps serving until Ctrl-C.
+    """
+    # Imported here: the client commands (tetsu server ...) need not load every service.
+    from .allinone import AllInOne  # noqa: PLC0415
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log_file = state_dir / "tetsu.log"
+    setup_logging("all-in-one", CommonSettings().log_level, log_file=log_file)
+    stack = AllInOne(state_dir, host=host, port=port)
+    stack.start()
+    try:
+        token_file = state_dir / "admin-token"
+        console.print(f"[bold]tetsu all-in-one[/]: API at {stack.endpoint} (OpenAPI at /docs)")
+        console.print(f"logs in {log_file}; admin token in {token_file}", soft_wrap=True)
+        console.print(
+            f"  export TETSU_ENDPOINT={stack.endpoint} TETSU_TOKEN=$(cat {token_file})",
+            soft_wrap=True,
+            highlight=False,
+        )
+        if demo:
+            seed_and_deploy(stack.endpoint, stack.token, nodes=nodes, console=console)
+        if demo and exit_after_demo:
+            return
+        console.print("serving; Ctrl-C to stop")
+        wait_for_signal()
+    finally:
+        stack.stop()

@@ -1,0 +1,124 @@
+"""Running tetsu's services: one per process (``tetsu service NAME``) or all in one.
+
+Each service is built the same way, from its settings class: a database, a transport,
+then ``XService(settings, db, transport).start()``; SIGTERM or Ctrl-C stops it cleanly
+(running work finishes, a conductor marks itself offline).
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, Protocol
+
+from sqlalchemy.engine import make_url
+
+from libs.config import CommonSettings
+from libs.db import Database, upgrade
+from libs.log import setup_logging
+from libs.rpc import Transport, transport_from_url
+from libs.rpc.transports import safe_url
+
+LOG = logging.getLogger(__name__)
+
+
+class ServiceName(enum.StrEnum):
+    API = "api"
+    SCHEDULER = "scheduler"
+    CONDUCTOR = "conductor"
+    NETCTL = "netctl"
+
+
+class Service(Protocol):
+    def start(self) -> Any: ...
+    def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ServiceKind:
+    settings: type[CommonSettings]
+    build: Callable[[Any, Database, Transport], Service]
+
+
+#: Each service's settings class and service class, as "module:attribute": a process
+#: imports only the service it runs (a conductor does not load the web framework).
+SERVICES: dict[ServiceName, tuple[str, str]] = {
+    ServiceName.API: ("services.api.settings:APISettings", "services.api.service:APIService"),
+    ServiceName.SCHEDULER: (
+        "services.scheduler.settings:SchedulerSettings",
+        "services.scheduler.service:SchedulerService",
+    ),
+    ServiceName.CONDUCTOR: (
+        "services.conductor.settings:ConductorSettings",
+        "services.conductor.service:ConductorService",
+    ),
+    ServiceName.NETCTL: (
+        "services.netctl.settings:NetctlSettings",
+        "services.netctl.service:NetctlService",
+    ),
+}
+
+
+def _load(path: str) -> Any:
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def service_kind(name: ServiceName) -> ServiceKind:
+    """The settings class and constructor of a service."""
+    settings, service = SERVICES[name]
+    return ServiceKind(_load(settings), _load(service))
+
+
+def wait_for_signal() -> None:
+    """Block until SIGTERM or SIGINT arrives (main thread only)."""
+    stop = threading.Event()
+
+    def _handler(signum: int, _frame: FrameType | None) -> None:
+        LOG.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, _handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def run_service(name: ServiceName, *, migrate: bool = False) -> None:
+    """Run one service in this process until a signal stops it."""
+    kind = service_kind(name)
+    settings = kind.settings()
+    setup_logging(name.value, settings.log_level)
+    if migrate:
+        upgrade(settings.database_url)
+    db = Database(settings.database_url)
+    transport = transport_from_url(settings.transport_url)
+    service = kind.build(settings, db, transport)
+    LOG.info(
+        "starting %s (bus %s, database %s)",
+        name.value,
+        safe_url(settings.transport_url),
+        _safe_db_url(settings.database_url),
+    )
+    service.start()
+    LOG.info("%s running", name.value)
+    try:
+        wait_for_signal()
+    finally:
+        service.stop()
+        transport.close()
+        db.dispose()
+        LOG.info("%s stopped", name.value)
+
+
+def _safe_db_url(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)

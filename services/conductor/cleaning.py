@@ -1,0 +1,169 @@
+"""Tearing an instance down and cleaning a node's disks, around the ramdisk's callback.
+
+Tear-down (``active -delete-> deleting``): power off, ports to the provisioning network,
+then ``cleaning``. Cleaning (also what ``provide`` does from ``manageable``): network-boot
+the ramdisk, power on, start the wipe -> ``clean wait`` (lock released); its callback
+resumes: power off, ports isolated -> ``available``, and a torn-down instance DELETED.
+A failure while deleting ends in ``error``, one while cleaning in ``clean failed``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from libs.db import Database, PowerState
+from services.netctl.rpcapi import NetworkAPI
+
+from . import callback_tokens, instances, steps
+from .states import Event, ProvisionState, next_state
+from .task_manager import Task
+
+LOG = logging.getLogger(__name__)
+
+S = ProvisionState
+
+
+class Cleaning:
+    def __init__(self, db: Database, network: NetworkAPI) -> None:
+        self.db = db
+        self.network = network
+
+    def tear_down_instance(self, task: Task) -> None:
+        """The API deletes the node's instance: tear the node down from wherever it is.
+
+        Repeats of a tear-down under way are ignored; a deploy waiting for its ramdisk is
+        abandoned; a node never deployed only lets go of its claim.
+        """
+        node = task.node
+        if node.provision_state in (S.DELETING, S.CLEANING, S.CLEANWAIT):
+            LOG.info("node %s is already being torn down (%s)", node.id, node.provision_state)
+            return
+        if node.instance_id is None:
+            # A claim released before this message came: only the instance is left.
+            instance_id = instances.deleting_on(self.db, node.id)
+            if instance_id is not None:
+                instances.mark_deleted(self.db, instance_id)
+            return
+        if node.provision_state == S.DEPLOYWAIT:
+            callback_tokens.revoke(node)
+            node.last_error = "deploy aborted: the instance was deleted"
+            task.process_event(Event.FAIL)
+        if node.provision_state in (S.ACTIVE, S.DEPLOYFAIL, S.ERROR):
+            task.process_event(Event.DELETE)
+            task.spawn_after(self._tear_down)
+            return
+        if node.provision_state not in (S.AVAILABLE, S.MANAGEABLE, S.ENROLL, S.CLEANFAIL):
+            LOG.warning("node %s cannot be torn down in state %s", node.id, node.provision_state)
+            return
+        # Claimed but never deployed: nothing of the instance is on the disk.
+        instance_id = node.instance_id
+        node.instance_id = None
+        task.save()
+        instances.mark_deleted(self.db, instance_id)
+
+    def delete(self, task: Task) -> None:
+        """The operator's ``delete``: tear down and clean a failed (or active) node."""
+        next_state(task.node.provision_state, Event.DELETE)  # a 409 before a 400
+        steps.validate_interfaces(task)
+        task.process_event(Event.DELETE)
+        task.spawn_after(self._tear_down)
+
+    def delete_now(self, task: Task) -> None:
+        """As :meth:`delete`, on the worker that already holds the task."""
+        task.process_event(Event.DELETE)
+        self._tear_down(task)
+
+    def provide(self, task: Task) -> None:
+        """The operator's ``provide``: clean a manageable node, then offer it (available)."""
+        next_state(task.node.provision_state, Event.PROVIDE)
+        steps.validate_interfaces(task)
+        task.process_event(Event.PROVIDE)
+        task.spawn_after(self._start_cleaning, False)
+
+    def resume(self, task: Task, success: bool, message: str | None) -> None:
+        """The ramdisk reported on its cleaning: finish it (on a worker) or fail it."""
+        callback_tokens.revoke(task.node)
+        task.process_event(Event.RESUME)
+        if success:
+            task.spawn_after(self._finish)
+        else:
+            task.spawn_after(
+                self.fail, f"the cleaning ramdisk failed: {message or 'no reason given'}"
+            )
+
+    def fail(self, task: Task, reason: str) -> None:
+        """Deleting failed -> ``error``; cleaning failed -> ``clean failed``. The node is
+        quiesced and let go of its instance: an instance whose tear-down stopped while
+        deleting shows ERROR, one whose disk could not be wiped is DELETED all the same
+        (the user asked for it gone; the node now waits for an operator)."""
+        node = task.node
+        LOG.error("%s of node %s failed: %s", node.provision_state, node.id, reason)
+        was_deleting = node.provision_state == S.DELETING
+        instance_id = node.instance_id
+        callback_tokens.revoke(node)
+        node.last_error = reason
+        node.instance_id = None
+        task.process_event(Event.FAIL)
+        steps.quiesce(task, self.network)
+        task.save()
+        if instance_id is None:
+            return
+        if was_deleting:
+            instances.mark_error(self.db, instance_id, "delete_failed", reason)
+        else:
+            instances.mark_deleted(self.db, instance_id)
+
+    def _tear_down(self, task: Task) -> None:
+        step = "power off"
+        try:
+            steps.set_power(task, PowerState.OFF)
+            step = "moving ports to the provisioning network"
+            steps.ports_to_provisioning(task, self.network)
+            step = "starting cleaning"
+            task.process_event(Event.CLEAN)
+        except Exception as exc:
+            self.fail(task, f"{step} failed: {steps.reason_of(exc)}")
+            return
+        self._start_cleaning(task, True)
+
+    def _start_cleaning(self, task: Task, torn_down: bool) -> None:
+        """Boot the ramdisk to wipe the disks. ``torn_down``: the tear-down has already
+        powered the node off and moved its ports to the provisioning network."""
+        step = "validation"
+        try:
+            steps.validate_interfaces(task)
+            if not torn_down:
+                step = "power off"
+                steps.set_power(task, PowerState.OFF)
+            step = "ramdisk boot set-up"
+            steps.boot_ramdisk_next(task)
+            if not torn_down:
+                step = "moving ports to the provisioning network"
+                steps.ports_to_provisioning(task, self.network)
+            step = "power on"
+            steps.set_power(task, PowerState.ON)
+            step = "starting the disk wipe"
+            task.driver.deploy.clean(task)
+            step = "waiting for the ramdisk"
+            task.process_event(Event.WAIT)
+        except Exception as exc:
+            self.fail(task, f"{step} failed: {steps.reason_of(exc)}")
+
+    def _finish(self, task: Task) -> None:
+        node = task.node
+        step = "ramdisk clean-up"
+        try:
+            task.driver.boot.clean_up_ramdisk(task)
+            step = "power off"
+            steps.set_power(task, PowerState.OFF)
+            step = "isolating ports"
+            steps.unbind_ports(task, self.network)
+        except Exception as exc:
+            self.fail(task, f"{step} failed: {steps.reason_of(exc)}")
+            return
+        instance_id = node.instance_id
+        if instance_id is not None:
+            instances.mark_deleted(self.db, instance_id)
+        node.instance_id = None
+        node.last_error = None
+        task.process_event(Event.DONE)

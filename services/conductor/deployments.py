@@ -1,0 +1,190 @@
+"""Deploying an instance on a claimed node, in two halves around the ramdisk's callback.
+
+``available -deploy-> deploying``: validate, power off, network-boot the ramdisk, ports to
+the provisioning network, power on, start the ramdisk's work -> ``wait call-back`` (lock
+released). The callback resumes it: boot from disk, ports to the instance's networks,
+reboot -> ``active`` and the instance ACTIVE. Any failure: ``deploy failed`` with the
+reason in last_error, the claim released and the instance handed back to the scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlmodel import col, update
+
+from libs.db import Database, InstanceStatus, Node, PowerState, utcnow
+from libs.errors import BadRequest
+from libs.rpc import RequestContext
+from services.netctl.rpcapi import NetworkAPI
+from services.scheduler.rpcapi import SchedulerAPI
+
+from . import callback_tokens, instances, steps
+from .cleaning import Cleaning
+from .drivers import BootDevice
+from .states import Event, ProvisionState
+from .task_manager import Task
+
+LOG = logging.getLogger(__name__)
+
+S = ProvisionState
+
+
+class Deployments:
+    def __init__(
+        self, db: Database, network: NetworkAPI, scheduler: SchedulerAPI, cleaning: Cleaning
+    ) -> None:
+        self.db = db
+        self.network = network
+        self.scheduler = scheduler
+        self.cleaning = cleaning
+
+    def start(self, task: Task, instance_id: str) -> None:
+        """Begin deploying ``instance_id`` on the task's node (the scheduler claimed it).
+
+        A repeated request for a deploy already under way or done is ignored: casts can
+        arrive twice.
+        """
+        node = task.node
+        if node.instance_id != instance_id:
+            LOG.warning(
+                "node %s is claimed for %s, not instance %s: not deploying",
+                node.id,
+                node.instance_id,
+                instance_id,
+            )
+            return
+        if node.provision_state in (S.DEPLOYING, S.DEPLOYWAIT, S.ACTIVE):
+            LOG.info(
+                "node %s is already %s for instance %s", node.id, node.provision_state, instance_id
+            )
+            return
+        status = instances.status_of(self.db, instance_id)
+        if status == InstanceStatus.DELETING:
+            LOG.info("instance %s is being deleted: not deploying it", instance_id)
+            return  # its tear-down releases the claim
+        if status != InstanceStatus.BUILD:
+            LOG.info("instance %s is %s: releasing node %s", instance_id, status, node.id)
+            node.instance_id = None
+            task.save()
+            return
+        if node.provision_state != S.AVAILABLE or node.maintenance:
+            why = "in maintenance" if node.maintenance else f"in state {node.provision_state}"
+            node.instance_id = None
+            task.save()
+            self._hand_back(
+                task.context, node.id, instance_id, f"node {node.id} cannot deploy: it is {why}"
+            )
+            return
+        task.process_event(Event.DEPLOY)
+        task.spawn_after(self._deploy, instance_id)
+
+    def resume(self, task: Task, success: bool, message: str | None) -> None:
+        """The ramdisk reported on its deploy: finish it (on a worker) or fail it."""
+        callback_tokens.revoke(task.node)
+        task.process_event(Event.RESUME)
+        if success:
+            task.spawn_after(self._finish)
+        else:
+            task.spawn_after(
+                self.fail, f"the deploy ramdisk failed: {message or 'no reason given'}"
+            )
+
+    def fail(self, task: Task, reason: str) -> None:
+        """Deploy failed: node ``deploy failed`` with ``reason``, quiesced, its claim
+        released, and the instance back to the scheduler (unless deleted meanwhile)."""
+        node = task.node
+        LOG.error("deploy on node %s failed: %s", node.id, reason)
+        instance_id = node.instance_id
+        callback_tokens.revoke(node)
+        node.last_error = reason
+        node.instance_id = None
+        task.process_event(Event.FAIL)
+        steps.quiesce(task, self.network)
+        task.save()
+        if instance_id is not None:
+            self._hand_back(task.context, node.id, instance_id, reason)
+
+    def give_up_locked(
+        self, ctxt: RequestContext, node_id: str, instance_id: str, reason: str
+    ) -> None:
+        """The node stayed locked, so the deploy cannot start: release the claim (if the
+        node is still an untouched ``available`` one) and let the scheduler try again."""
+        with self.db.session() as session:
+            released = session.exec(
+                update(Node)
+                .where(
+                    col(Node.id) == node_id,
+                    col(Node.instance_id) == instance_id,
+                    col(Node.provision_state) == S.AVAILABLE,
+                )
+                .values(instance_id=None, updated_at=utcnow())
+            ).rowcount
+        if released:
+            self._hand_back(ctxt, node_id, instance_id, reason)
+        else:
+            LOG.info("node %s is busy with instance %s already: %s", node_id, instance_id, reason)
+
+    def _hand_back(self, ctxt: RequestContext, node_id: str, instance_id: str, reason: str) -> None:
+        outcome = instances.detach_failed_node(self.db, instance_id, node_id)
+        if outcome is not instances.FailedDeploy.RESCHEDULE:
+            return
+        try:
+            self.scheduler.reschedule_instance(ctxt, instance_id, node_id, reason)
+        except Exception:
+            LOG.exception("could not ask the scheduler to reschedule instance %s", instance_id)
+
+    def _deploy(self, task: Task, instance_id: str) -> None:
+        step = "validation"
+        try:
+            self._validate(task, instance_id)
+            step = "power off"
+            steps.set_power(task, PowerState.OFF)
+            step = "ramdisk boot set-up"
+            steps.boot_ramdisk_next(task)
+            step = "moving ports to the provisioning network"
+            steps.ports_to_provisioning(task, self.network)
+            step = "power on"
+            steps.set_power(task, PowerState.ON)
+            step = "starting the deploy"
+            task.driver.deploy.deploy(task)
+            step = "waiting for the ramdisk"
+            task.process_event(Event.WAIT)
+        except Exception as exc:
+            self.fail(task, f"{step} failed: {steps.reason_of(exc)}")
+
+    def _validate(self, task: Task, instance_id: str) -> None:
+        steps.validate_interfaces(task)
+        wanted = len(instances.network_ids_of(self.db, instance_id))
+        if wanted > len(task.ports):
+            raise BadRequest(
+                f"the instance asks for {wanted} network(s) but node {task.node.id} "
+                f"has {len(task.ports)} port(s)"
+            )
+
+    def _finish(self, task: Task) -> None:
+        node = task.node
+        step = "setting boot from disk"
+        try:
+            task.driver.management.set_boot_device(task, BootDevice.DISK)
+            step = "ramdisk clean-up"
+            task.driver.boot.clean_up_ramdisk(task)
+            step = "moving ports to the instance's networks"
+            network_ids = instances.network_ids_of(self.db, node.instance_id or "")
+            steps.ports_to_tenant(task, self.network, network_ids)
+            step = "reboot"
+            steps.reboot(task)
+            step = "finishing"
+            node.last_error = None
+            task.process_event(Event.DONE)
+        except Exception as exc:
+            self.fail(task, f"{step} failed: {steps.reason_of(exc)}")
+            return
+        instance_id = node.instance_id
+        if instance_id is None or instances.mark_active(self.db, instance_id):
+            return
+        if instances.status_of(self.db, instance_id) == InstanceStatus.DELETING:
+            # Deleted while it was being deployed: its tear-down found the node locked or
+            # waiting, so it is done here, with the lock this task already holds.
+            LOG.info("instance %s was deleted during its deploy: tearing down", instance_id)
+            self.cleaning.delete_now(task)

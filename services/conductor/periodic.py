@@ -1,0 +1,186 @@
+"""A conductor's periodic work, each on a thread of its own until stopped: the heartbeat,
+take-over when the ring changes, the power-state sync, and ramdisk callback timeouts.
+
+Only nodes this conductor owns on the hash ring are visited, and only ones nobody has
+locked: a busy node is simply looked at next time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select, update
+
+from libs.db import Conductor, Database, Node, as_utc, utcnow
+from libs.errors import NodeLocked, NotFound
+from libs.rpc import RequestContext, current_context
+
+from . import power
+from .cleaning import Cleaning
+from .deployments import Deployments
+from .hashring import HashRing
+from .rpcapi import live_conductors
+from .settings import ConductorSettings
+from .states import ProvisionState
+from .takeover import TakeOver
+from .task_manager import TaskManager
+
+LOG = logging.getLogger(__name__)
+
+S = ProvisionState
+
+
+class PeriodicTasks:
+    def __init__(
+        self,
+        settings: ConductorSettings,
+        db: Database,
+        tasks: TaskManager,
+        deployments: Deployments,
+        cleaning: Cleaning,
+    ) -> None:
+        self.settings = settings
+        self.hostname = settings.hostname
+        self.db = db
+        self.tasks = tasks
+        self.deployments = deployments
+        self.cleaning = cleaning
+        self.takeover = TakeOver(db, self.hostname, tasks, deployments, cleaning)
+        self._live: frozenset[str] | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Start one thread per periodic job (the first runs come after one interval)."""
+        if self._threads:
+            raise RuntimeError("periodic tasks already started")
+        self._stop.clear()
+        settings = self.settings
+        jobs: list[tuple[str, float, Callable[[], object]]] = [
+            ("heartbeat", settings.heartbeat_interval, self.heartbeat),
+            ("ring check", settings.check_interval, self.check_ring),
+            ("callback timeouts", settings.check_interval, self.check_callback_timeouts),
+            ("power sync", settings.power_sync_interval, self.sync_power_states),
+        ]
+        for name, interval, job in jobs:
+            thread = threading.Thread(
+                target=self._loop, args=(name, interval, job), name=f"periodic-{name}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the threads, letting a run in progress end (up to ``timeout`` each)."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+            if thread.is_alive():
+                LOG.warning("periodic thread %s did not stop in %g s", thread.name, timeout)
+        self._threads = []
+
+    def _loop(self, name: str, interval: float, job: Callable[[], object]) -> None:
+        while not self._stop.wait(interval):
+            token = current_context.set(RequestContext.admin())
+            try:
+                job()
+            except Exception:
+                LOG.exception("periodic %s failed", name)
+            finally:
+                current_context.reset(token)
+
+    def heartbeat(self, *, online: bool = True) -> None:
+        """Tell the others this conductor is alive (or, at stop, that it has left)."""
+        now = utcnow()
+        try:
+            with self.db.session() as session:
+                found = session.exec(
+                    update(Conductor)
+                    .where(col(Conductor.hostname) == self.hostname)
+                    .values(online=online, updated_at=now)
+                ).rowcount
+                if not found:
+                    session.add(Conductor(hostname=self.hostname, online=online, updated_at=now))
+        except IntegrityError:
+            # Another process with our hostname inserted it first: a configuration error.
+            LOG.error("another conductor registered hostname %s at the same time", self.hostname)
+
+    def ring(self) -> HashRing:
+        return HashRing(live_conductors(self.db, self.settings.conductor_heartbeat_timeout))
+
+    def take_over(self, *, at_start: bool = False) -> int:
+        """Fail the owned nodes whose work died with its conductor. At start, the work this
+        hostname ran before is dead too: nothing of this process runs yet."""
+        ring = self.ring()
+        self._live = frozenset(ring.hosts)
+        alive = set(ring.hosts)
+        if at_start:
+            alive.discard(self.hostname)
+        else:
+            alive.add(self.hostname)
+        return self.takeover.run(ring, alive)
+
+    def check_ring(self) -> None:
+        """Take over again when conductors came or went since the last look."""
+        live = frozenset(live_conductors(self.db, self.settings.conductor_heartbeat_timeout))
+        if live != self._live:
+            LOG.info("live conductors now: %s", ", ".join(sorted(live)) or "none")
+            self.take_over()
+
+    def sync_power_states(self) -> None:
+        """Record each owned, unlocked, managed node's power state."""
+        ring = self.ring()
+        with self.db.session() as session:
+            node_ids = session.exec(
+                select(Node.id).where(
+                    col(Node.reservation).is_(None), col(Node.provision_state) != S.ENROLL
+                )
+            ).all()
+        ctxt = current_context.get() or RequestContext.admin()
+        for node_id in node_ids:
+            if not self._owns(ring, node_id):
+                continue
+            try:
+                with self.tasks.acquire(ctxt, node_id, "power sync", wait=0) as task:
+                    power.sync_power_state(task)
+            except (NodeLocked, NotFound):
+                continue
+
+    def check_callback_timeouts(self) -> None:
+        """Fail the owned nodes that waited for their ramdisk longer than callback_timeout."""
+        timeout = self.settings.callback_timeout
+        cutoff = utcnow() - timedelta(seconds=timeout)
+        ring = self.ring()
+        with self.db.session() as session:
+            rows = session.exec(
+                select(Node.id, Node.provision_updated_at).where(
+                    col(Node.provision_state).in_([S.DEPLOYWAIT.value, S.CLEANWAIT.value]),
+                    col(Node.reservation).is_(None),
+                )
+            ).all()
+        ctxt = current_context.get() or RequestContext.admin()
+        for node_id, since in rows:
+            if since is None or as_utc(since) > cutoff or not self._owns(ring, node_id):
+                continue
+            try:
+                with self.tasks.acquire(ctxt, node_id, "callback timeout", wait=0) as task:
+                    node = task.node
+                    waiting_since = node.provision_updated_at
+                    if waiting_since is None or as_utc(waiting_since) > cutoff:
+                        continue  # the callback came meanwhile
+                    reason = (
+                        f"timed out after {timeout:g} s waiting for the ramdisk's callback "
+                        f"({node.provision_state})"
+                    )
+                    if node.provision_state == S.DEPLOYWAIT:
+                        task.spawn_after(self.deployments.fail, reason)
+                    elif node.provision_state == S.CLEANWAIT:
+                        task.spawn_after(self.cleaning.fail, reason)
+            except (NodeLocked, NotFound):
+                continue
+
+    def _owns(self, ring: HashRing, node_id: str) -> bool:
+        return bool(ring.hosts) and ring.owner(node_id) == self.hostname

@@ -1,0 +1,102 @@
+"""Power work outside deploys: an operator's power requests, the check that ``manage``
+makes before taking a node under management, and the periodic power-state sync.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from libs.db import PowerState
+from libs.errors import BadRequest, InvalidStateTransition
+
+from . import steps
+from .states import Event, ProvisionState, next_state
+from .task_manager import Task
+
+LOG = logging.getLogger(__name__)
+
+REBOOT = "reboot"
+POWER_TARGETS = (PowerState.ON.value, PowerState.OFF.value, REBOOT)
+
+#: driver_internal_info flag: last_error holds a failed sync's reason (cleared by the
+#: next sync that reads the power state).
+SYNC_FAILED_KEY = "power_sync_failed"
+
+S = ProvisionState
+
+
+def request_power(task: Task, target: str) -> None:
+    """Check and start an operator's power action; it runs on a worker and reports a
+    failure in last_error."""
+    if target not in POWER_TARGETS:
+        raise BadRequest(f"unknown power target {target!r} (allowed: {', '.join(POWER_TARGETS)})")
+    node = task.node
+    if node.provision_state in (S.DEPLOYWAIT, S.CLEANWAIT):
+        raise InvalidStateTransition(
+            f"cannot change the power of node {node.id} while its ramdisk works "
+            f"(provision state {node.provision_state!r})"
+        )
+    task.driver.power.validate(task)
+    node.target_power_state = PowerState.ON if target == REBOOT else PowerState(target)
+    task.save()
+    task.spawn_after(_apply_power, target)
+
+
+def _apply_power(task: Task, target: str) -> None:
+    node = task.node
+    try:
+        if target == REBOOT:
+            steps.reboot(task)
+        else:
+            steps.set_power(task, PowerState(target))
+        node.last_error = None
+    except Exception as exc:
+        node.last_error = f"{target} failed: {steps.reason_of(exc)}"
+        node.target_power_state = None
+        LOG.error("node %s: %s", node.id, node.last_error)
+    task.save()
+
+
+def request_manage(task: Task) -> None:
+    """Check an operator's ``manage`` and start it: the node becomes manageable once its
+    power state can be read (credentials work); otherwise last_error says why not."""
+    next_state(task.node.provision_state, Event.MANAGE)  # refuse at once if not allowed
+    task.driver.power.validate(task)
+    task.driver.management.validate(task)
+    task.spawn_after(_manage)
+
+
+def _manage(task: Task) -> None:
+    node = task.node
+    try:
+        node.power_state = task.driver.power.get_power_state(task)
+    except Exception as exc:
+        reason = steps.reason_of(exc)
+        node.last_error = f"cannot manage the node: reading its power state failed: {reason}"
+        LOG.error("node %s: %s", node.id, node.last_error)
+        task.save()
+        return
+    node.last_error = None
+    node.driver_internal_info.pop(SYNC_FAILED_KEY, None)
+    task.process_event(Event.MANAGE)
+
+
+def sync_power_state(task: Task) -> None:
+    """Record the power state the hardware reports; a failure goes to last_error."""
+    node = task.node
+    try:
+        state = task.driver.power.get_power_state(task)
+    except Exception as exc:
+        reason = f"power state sync failed: {steps.reason_of(exc)}"
+        if node.last_error != reason:
+            LOG.warning("node %s: %s", node.id, reason)
+        node.last_error = reason
+        node.driver_internal_info[SYNC_FAILED_KEY] = True
+        task.save()
+        return
+    if state != node.power_state:
+        LOG.info("node %s: power state %s -> %s (sync)", node.id, node.power_state, state.value)
+        node.power_state = state
+    if node.driver_internal_info.pop(SYNC_FAILED_KEY, None):
+        node.last_error = None
+    task.save()

@@ -1,0 +1,96 @@
+"""The hardware and network steps that deploy and cleaning are made of, and how a failed
+step is described in ``Node.last_error``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from libs.db import PowerState
+from libs.errors import TetsuError
+from libs.rpc import RPCError
+from services.netctl.rpcapi import NetworkAPI
+
+from . import callback_tokens
+from .drivers import BootDevice
+from .task_manager import Task
+
+LOG = logging.getLogger(__name__)
+
+
+def reason_of(exc: BaseException) -> str:
+    """The human reason of a failure, for last_error (our errors carry one; drivers never
+    put credentials in theirs, and RPC errors mask URLs)."""
+    if isinstance(exc, TetsuError):
+        return exc.reason
+    if isinstance(exc, RPCError):
+        return f"{type(exc).__name__}: {exc}"
+    return f"unexpected {type(exc).__name__}: {exc}"
+
+
+def validate_interfaces(task: Task) -> None:
+    """Every interface's ``validate()`` (no I/O): BadRequest with the first reason."""
+    driver = task.driver
+    for interface in (driver.power, driver.management, driver.boot, driver.deploy):
+        interface.validate(task)
+
+
+def set_power(task: Task, state: PowerState) -> None:
+    """Power the node on or off and record it."""
+    task.driver.power.set_power_state(task, state)
+    task.node.power_state = state
+    task.node.target_power_state = None
+
+
+def reboot(task: Task) -> None:
+    task.driver.power.reboot(task)
+    task.node.power_state = PowerState.ON
+    task.node.target_power_state = None
+
+
+def boot_ramdisk_next(task: Task) -> None:
+    """Make the node network-boot the ramdisk with a fresh callback token (saved first, so
+    the ramdisk's callback can be checked however early it comes)."""
+    task.callback_token = callback_tokens.issue(task.node)
+    task.save()
+    task.driver.management.set_boot_device(task, BootDevice.PXE)
+    task.driver.boot.prepare_ramdisk(task)
+
+
+def ports_to_provisioning(task: Task, network: NetworkAPI) -> None:
+    for port in task.ports:
+        network.provision_port(task.context, port.id)
+
+
+def ports_to_tenant(task: Task, network: NetworkAPI, network_ids: list[str]) -> None:
+    """Port i joins ``network_ids[i]``; ports beyond the list are isolated."""
+    for index, port in enumerate(task.ports):
+        if index < len(network_ids):
+            network.bind_port(task.context, port.id, network_ids[index])
+        else:
+            network.unbind_port(task.context, port.id)
+
+
+def unbind_ports(task: Task, network: NetworkAPI) -> None:
+    for port in task.ports:
+        network.unbind_port(task.context, port.id)
+
+
+def quiesce(task: Task, network: NetworkAPI) -> None:
+    """After a failure, leave the node harmless as far as possible: powered off, without
+    ramdisk boot files, cut off from every network. Each step's failure is only logged:
+    last_error already holds the reason that matters."""
+    node_id = task.node.id
+    try:
+        set_power(task, PowerState.OFF)
+    except Exception as exc:
+        LOG.warning("node %s: power off after a failure failed: %s", node_id, reason_of(exc))
+    try:
+        task.driver.boot.clean_up_ramdisk(task)
+    except Exception as exc:
+        LOG.warning("node %s: ramdisk clean-up after a failure failed: %s", node_id, reason_of(exc))
+    for port in task.ports:
+        try:
+            network.unbind_port(task.context, port.id)
+        except Exception as exc:
+            LOG.warning("node %s: unbinding port %s failed: %s", node_id, port.id, reason_of(exc))

@@ -1,0 +1,100 @@
+"""Taking over the nodes of conductors that died: at start and whenever the ring changes.
+
+A node this conductor owns now, in a transient state whose work was run by a conductor
+that is no longer alive (``driver_internal_info["conductor"]``), cannot be resumed where
+that work stopped: it fails (:data:`states.FAIL_ON_TAKEOVER`), with the reason in
+last_error; a deploy failed this way goes back to the scheduler. Locks left by dead
+conductors are cleared.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Set
+
+from sqlmodel import col, or_, select
+
+from libs.db import Database, Node
+from libs.errors import NodeLocked, NotFound
+from libs.rpc import RequestContext
+
+from .cleaning import Cleaning
+from .deployments import Deployments
+from .hashring import HashRing
+from .states import FAIL_ON_TAKEOVER, TRANSIENT_STATES, ProvisionState
+from .task_manager import CONDUCTOR_KEY, Task, TaskManager
+
+LOG = logging.getLogger(__name__)
+
+
+class TakeOver:
+    def __init__(
+        self,
+        db: Database,
+        hostname: str,
+        tasks: TaskManager,
+        deployments: Deployments,
+        cleaning: Cleaning,
+    ) -> None:
+        self.db = db
+        self.hostname = hostname
+        self.tasks = tasks
+        self.deployments = deployments
+        self.cleaning = cleaning
+
+    def run(self, ring: HashRing, alive: Set[str]) -> int:
+        """Take over the nodes ``ring`` gives this conductor whose worker or lock holder is
+        not in ``alive``. Returns how many nodes were failed."""
+        ctxt = RequestContext.admin()
+        transient = [state.value for state in TRANSIENT_STATES]
+        with self.db.session() as session:
+            rows = session.exec(
+                select(Node.id, Node.provision_state, Node.reservation).where(
+                    or_(
+                        col(Node.reservation).is_not(None),
+                        col(Node.provision_state).in_(transient),
+                    )
+                )
+            ).all()
+        failed = 0
+        for node_id, state, reservation in rows:
+            if not ring.hosts or ring.owner(node_id) != self.hostname:
+                continue
+            if reservation is not None:
+                if reservation in alive:
+                    continue  # a live conductor is working on it
+                if self.tasks.release_stale_lock(node_id, reservation):
+                    LOG.warning(
+                        "node %s: cleared the lock of dead conductor %s", node_id, reservation
+                    )
+            if state in transient and self._fail_abandoned(ctxt, node_id, alive, reservation):
+                failed += 1
+        return failed
+
+    def _fail_abandoned(
+        self, ctxt: RequestContext, node_id: str, alive: Set[str], holder: str | None
+    ) -> bool:
+        try:
+            with self.tasks.acquire(ctxt, node_id, "take-over", wait=0) as task:
+                state = task.node.provision_state
+                worker = task.node.driver_internal_info.get(CONDUCTOR_KEY)
+                if state not in TRANSIENT_STATES or worker in alive:
+                    return False  # its work moved on meanwhile
+                reason = f"conductor {worker or holder or 'unknown'} died during {state}"
+                LOG.warning("node %s: %s; failing it", node_id, reason)
+                task.spawn_after(self._fail, ProvisionState(state), reason)
+                return True
+        except (NodeLocked, NotFound):
+            return False  # someone is working on it after all, or it is gone
+
+    def _fail(self, task: Task, state: ProvisionState, reason: str) -> None:
+        target = FAIL_ON_TAKEOVER[state]
+        # Each workflow's own failure handling, which moves the node to that same state.
+        if target == ProvisionState.DEPLOYFAIL:
+            self.deployments.fail(task, reason)
+        else:
+            self.cleaning.fail(task, reason)
+        if task.node.provision_state != target:
+            LOG.error(
+                "node %s ended in %s, not %s", task.node.id, task.node.provision_state, target
+            )

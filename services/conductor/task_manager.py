@@ -1,0 +1,341 @@
+"""Node locks and tasks: how conductor code gets hold of a node to work on it.
+
+``TaskManager.acquire(ctxt, node_id, purpose)`` takes the node's exclusive lock (the
+``Node.reservation`` column, set only where it is NULL) and hands back a :class:`Task`:
+the node row, its ports, its hardware interfaces and the request context. The lock is
+released when the ``with`` block ends, or, when the block handed work to a background
+worker with :meth:`Task.spawn_after`, when that work ends, so an RPC handler can answer
+before a long deploy step is over::
+
+    with tasks.acquire(ctxt, node_id, "deploy") as task:
+        task.process_event(Event.DEPLOY)
+        task.spawn_after(deployments.deploy, instance_id)
+"""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from contextlib import contextmanager
+from typing import Any
+
+from sqlmodel import col, select, update
+
+from libs.db import Database, Node, Port, utcnow
+from libs.errors import NodeLocked, NotFound
+from libs.rpc import RequestContext
+
+from .drivers import (
+    BootInterface,
+    DeployInterface,
+    DriverFactory,
+    InterfaceKind,
+    ManagementInterface,
+    PowerInterface,
+)
+from .states import TRANSIENT_STATES, Event, ProvisionState, next_state, target_state
+
+LOG = logging.getLogger(__name__)
+
+#: driver_internal_info key naming the conductor that runs a node's transient state, so a
+#: conductor taking the node over knows whether that work can still be going on.
+CONDUCTOR_KEY = "conductor"
+
+#: The node columns a task writes. Others belong to the API (driver_info, maintenance)
+#: or are written elsewhere without the lock (instance_id by the scheduler's claim), so a
+#: save writes only the columns the task changed.
+SAVED_FIELDS = (
+    "provision_state",
+    "target_provision_state",
+    "provision_updated_at",
+    "power_state",
+    "target_power_state",
+    "driver_internal_info",
+    "last_error",
+    "instance_id",
+)
+
+LOCK_RETRY_INTERVAL = 0.05
+
+Work = Callable[..., None]
+
+
+class NodeDriver:
+    """A node's hardware interfaces, looked up by the names on the node when first used, so
+    a node naming an unknown interface fails at that step with a BadRequest reason."""
+
+    def __init__(self, factory: DriverFactory, node: Node) -> None:
+        self._factory = factory
+        self._node = node
+
+    @property
+    def power(self) -> PowerInterface:
+        return self._factory.get(InterfaceKind.POWER, self._node.power_interface)
+
+    @property
+    def boot(self) -> BootInterface:
+        return self._factory.get(InterfaceKind.BOOT, self._node.boot_interface)
+
+    @property
+    def deploy(self) -> DeployInterface:
+        return self._factory.get(InterfaceKind.DEPLOY, self._node.deploy_interface)
+
+    @property
+    def management(self) -> ManagementInterface:
+        return self._factory.get(InterfaceKind.MANAGEMENT, self._node.management_interface)
+
+
+class Task:
+    """One piece of work on one node, holding its lock unless ``shared``."""
+
+    def __init__(
+        self,
+        manager: TaskManager,
+        context: RequestContext,
+        node: Node,
+        ports: list[Port],
+        purpose: str,
+        *,
+        shared: bool,
+    ) -> None:
+        self.manager = manager
+        self.context = context
+        self.node = node
+        self.ports = ports
+        self.purpose = purpose
+        self.shared = shared
+        self.driver = NodeDriver(manager.drivers, node)
+        #: The plain callback token of the ramdisk run being started (memory only: the
+        #: database keeps its hash), for the boot/deploy interfaces to hand to the ramdisk.
+        self.callback_token: str | None = None
+        self._saved = _snapshot(node)
+        self._spawn: tuple[Work, tuple[Any, ...]] | None = None
+
+    @property
+    def hostname(self) -> str:
+        return self.manager.hostname
+
+    def process_event(self, event: Event | str) -> ProvisionState:
+        """Move the node along the state machine (InvalidStateTransition if not allowed)
+        and save it."""
+        self._check_exclusive()
+        old = self.node.provision_state
+        new = next_state(old, event)
+        now = utcnow()
+        self.node.provision_state = new.value
+        target = target_state(new)
+        self.node.target_provision_state = target.value if target is not None else None
+        self.node.provision_updated_at = now
+        if new in TRANSIENT_STATES:
+            self.node.driver_internal_info[CONDUCTOR_KEY] = self.hostname
+        else:
+            self.node.driver_internal_info.pop(CONDUCTOR_KEY, None)
+        self.save()
+        LOG.info("node %s: %s -> %s (%s)", self.node.id, old, new.value, event)
+        return new
+
+    def save(self) -> None:
+        """Write the node's changed columns. NodeLocked if this task lost the lock."""
+        self._check_exclusive()
+        changes = {
+            name: copy.deepcopy(getattr(self.node, name))
+            for name in SAVED_FIELDS
+            if getattr(self.node, name) != self._saved[name]
+        }
+        if not changes:
+            return
+        changes["updated_at"] = utcnow()
+        with self.manager.db.session() as session:
+            result = session.exec(
+                update(Node)
+                .where(col(Node.id) == self.node.id, col(Node.reservation) == self.hostname)
+                .values(**changes)
+            )
+            if result.rowcount != 1:
+                raise NodeLocked(
+                    f"node {self.node.id} is no longer locked by conductor {self.hostname}"
+                )
+        self.node.updated_at = changes["updated_at"]
+        self._saved = _snapshot(self.node)
+
+    def spawn_after(self, work: Work, *args: Any) -> None:
+        """Run ``work(task, *args)`` on a worker thread once the ``with`` block ends
+        without an exception; the lock goes with it and is released when it returns."""
+        self._check_exclusive()
+        if self._spawn is not None:
+            raise RuntimeError("a task spawns at most one piece of work")
+        self._spawn = (work, args)
+
+    def _check_exclusive(self) -> None:
+        if self.shared:
+            raise RuntimeError(f"a shared task ({self.purpose}) cannot change node {self.node.id}")
+
+
+def _snapshot(node: Node) -> dict[str, Any]:
+    return {name: copy.deepcopy(getattr(node, name)) for name in SAVED_FIELDS}
+
+
+class TaskManager:
+    """Locks nodes for one conductor (``hostname``) and runs their background work on a
+    pool of ``workers`` threads."""
+
+    def __init__(
+        self,
+        db: Database,
+        hostname: str,
+        drivers: DriverFactory,
+        *,
+        workers: int,
+        lock_wait: float = 3.0,
+    ) -> None:
+        self.db = db
+        self.hostname = hostname
+        self.drivers = drivers
+        self.lock_wait = lock_wait
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="node-task")
+        self._pending: set[Future[None]] = set()
+        self._pending_lock = threading.Lock()
+
+    @contextmanager
+    def acquire(
+        self,
+        ctxt: RequestContext,
+        node_id: str,
+        purpose: str,
+        *,
+        shared: bool = False,
+        wait: float | None = None,
+    ) -> Iterator[Task]:
+        """A task on ``node_id``. Exclusive unless ``shared``: waits up to ``wait`` seconds
+        (default ``lock_wait``) for another holder to let go, then raises NodeLocked.
+        NotFound if there is no such node."""
+        if not shared:
+            self._reserve(node_id, purpose, self.lock_wait if wait is None else wait)
+        try:
+            task = self._load(ctxt, node_id, purpose, shared=shared)
+        except BaseException:
+            if not shared:
+                self._release(node_id)
+            raise
+        try:
+            yield task
+        except BaseException:
+            if not shared:
+                self._release(node_id)
+            raise
+        if task._spawn is None:
+            if not shared:
+                self._release(node_id)
+            return
+        try:
+            self._submit(task, *task._spawn)
+        except BaseException:
+            self._release(node_id)
+            raise
+
+    def shutdown(self, timeout: float) -> bool:
+        """Stop taking work; wait up to ``timeout`` seconds for the running work (queued
+        work is dropped and its locks released). Returns whether everything finished."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._pending_lock:
+            pending = set(self._pending)
+        _, not_done = wait_futures(pending, timeout=timeout)
+        if not_done:
+            LOG.warning("%d node task(s) still running after %g s", len(not_done), timeout)
+        return not not_done
+
+    def release_stale_lock(self, node_id: str, holder: str) -> bool:
+        """Clear the lock of a conductor that died holding it. Returns whether it did."""
+        with self.db.session() as session:
+            result = session.exec(
+                update(Node)
+                .where(col(Node.id) == node_id, col(Node.reservation) == holder)
+                .values(reservation=None)
+            )
+            return bool(result.rowcount)
+
+    def _reserve(self, node_id: str, purpose: str, wait: float) -> None:
+        deadline = time.monotonic() + wait
+        while True:
+            with self.db.session() as session:
+                taken = session.exec(
+                    update(Node)
+                    .where(col(Node.id) == node_id, col(Node.reservation).is_(None))
+                    .values(reservation=self.hostname)
+                ).rowcount
+                holder = None
+                if not taken:
+                    found = session.exec(
+                        select(Node.id, Node.reservation).where(col(Node.id) == node_id)
+                    ).first()
+                    if found is None:
+                        raise NotFound(f"node {node_id} not found")
+                    holder = found[1]
+            if taken:
+                return
+            remaining = deadline - time.monotonic()
+            if holder is not None and remaining <= 0:
+                raise NodeLocked(
+                    f"node {node_id} is locked by conductor {holder} (wanted for {purpose})"
+                )
+            if holder is not None:
+                time.sleep(min(LOCK_RETRY_INTERVAL, remaining))
+
+    def _release(self, node_id: str) -> None:
+        try:
+            with self.db.session() as session:
+                session.exec(
+                    update(Node)
+                    .where(col(Node.id) == node_id, col(Node.reservation) == self.hostname)
+                    .values(reservation=None)
+                )
+        except Exception:
+            # The take-over of a later start clears what could not be released now.
+            LOG.exception("could not release the lock on node %s", node_id)
+
+    def _load(self, ctxt: RequestContext, node_id: str, purpose: str, *, shared: bool) -> Task:
+        with self.db.session() as session:
+            node = session.get(Node, node_id)
+            if node is None:
+                raise NotFound(f"node {node_id} not found")
+            ports = list(
+                session.exec(
+                    select(Port)
+                    .where(col(Port.node_id) == node_id)
+                    .order_by(col(Port.created_at), col(Port.address))
+                ).all()
+            )
+        # Rows written by hand may hold NULL: the drivers can count on dicts.
+        node.driver_internal_info = dict(node.driver_internal_info or {})
+        node.driver_info = dict(node.driver_info or {})
+        return Task(self, ctxt, node, ports, purpose, shared=shared)
+
+    def _submit(self, task: Task, work: Work, args: tuple[Any, ...]) -> None:
+        # The work runs in a copy of this thread's context, so its log lines keep the
+        # request id of the RPC request that started it.
+        context = contextvars.copy_context()
+        future: Future[None] = self._executor.submit(context.run, self._run, task, work, args)
+        with self._pending_lock:
+            self._pending.add(future)
+
+        def settled(done: Future[None]) -> None:
+            with self._pending_lock:
+                self._pending.discard(done)
+            if done.cancelled():
+                self._release(task.node.id)
+
+        future.add_done_callback(settled)
+
+    def _run(self, task: Task, work: Work, args: tuple[Any, ...]) -> None:
+        try:
+            work(task, *args)
+        except Exception:
+            LOG.exception("%s on node %s failed", task.purpose, task.node.id)
+        finally:
+            self._release(task.node.id)

@@ -1,0 +1,100 @@
+"""Taking over the nodes of conductors that died, at start and when the ring changes."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlmodel import col, update
+
+from libs.db import Conductor, InstanceStatus, utcnow
+from services.conductor import states
+from tests.unit.conductor.conftest import HOST, Cloud, wait_for
+
+LONG_AGO = timedelta(hours=1)
+
+
+def test_a_node_left_deploying_by_a_dead_conductor_fails_and_is_rescheduled(cloud: Cloud):
+    cloud.add_conductor("dead", updated_at=utcnow() - LONG_AGO)
+    node_id = cloud.make_node(
+        state="deploying", reservation="dead", driver_internal_info={"conductor": "dead"}
+    )
+    instance_id = cloud.make_instance(node_id)
+
+    cloud.start_conductor()
+
+    node = cloud.settled(node_id, "deploy failed")
+    assert node.last_error == "conductor dead died during deploying"
+    assert node.instance_id is None
+    wait_for(lambda: cloud.scheduler.reschedules, what="a reschedule")
+    assert cloud.scheduler.reschedules[0]["instance_id"] == instance_id
+    assert cloud.instance(instance_id).failed_node_ids == [node_id]
+
+
+def test_work_of_this_hostname_before_a_restart_is_dead(cloud: Cloud):
+    cleaning = cloud.make_node(state="clean wait", driver_internal_info={"conductor": HOST})
+    deleting = cloud.make_node(state="deleting", reservation=HOST)
+    stale_lock = cloud.make_node(state="available", reservation=HOST)
+
+    cloud.start_conductor()
+
+    for node_id, state in [(cleaning, "clean wait"), (deleting, "deleting")]:
+        node = cloud.settled(node_id, states.FAIL_ON_TAKEOVER[states.ProvisionState(state)])
+        assert node.last_error == f"conductor {HOST} died during {state}"
+    node = cloud.node(stale_lock)
+    assert node.reservation is None
+    assert node.provision_state == "available"
+
+
+def test_work_of_a_live_conductor_is_left_alone(cloud: Cloud):
+    cloud.add_conductor("c2")
+    node_id = cloud.make_node(
+        state="wait call-back",
+        ring=(HOST, "c2"),
+        driver_internal_info={"conductor": "c2"},
+    )
+
+    service = cloud.start_conductor()
+
+    assert service.manager.periodic.take_over() == 0
+    node = cloud.node(node_id)
+    assert node.provision_state == "wait call-back"
+    assert node.last_error is None
+
+
+def test_nodes_of_a_conductor_that_leaves_are_taken_over(cloud: Cloud):
+    cloud.add_conductor("c2")
+    node_id = cloud.make_node(
+        state="wait call-back",
+        ring=(HOST, "c2"),
+        driver_internal_info={"conductor": "c2"},
+    )
+    instance_id = cloud.make_instance(node_id)
+    cloud.start_conductor()
+    assert cloud.node(node_id).provision_state == "wait call-back"
+
+    with cloud.db.session() as session:  # c2 stops: it leaves the ring
+        session.exec(update(Conductor).where(col(Conductor.hostname) == "c2").values(online=False))
+
+    node = cloud.settled(node_id, "deploy failed")
+    assert node.last_error == "conductor c2 died during wait call-back"
+    wait_for(lambda: cloud.scheduler.reschedules, what="a reschedule")
+    assert cloud.instance(instance_id).status == InstanceStatus.BUILD
+
+
+def test_nodes_of_other_live_owners_are_not_touched(cloud: Cloud):
+    cloud.add_conductor("c2")
+    cloud.add_conductor("dead", updated_at=utcnow() - LONG_AGO)
+    # c2 owns this node: failing it is c2's job, not ours.
+    node_id = cloud.make_node(
+        state="deploying",
+        owner="c2",
+        ring=(HOST, "c2"),
+        reservation="dead",
+        driver_internal_info={"conductor": "dead"},
+    )
+
+    cloud.start_conductor()
+
+    node = cloud.node(node_id)
+    assert node.provision_state == "deploying"
+    assert node.reservation == "dead"

@@ -113,6 +113,7 @@ def next_state(state: str, event: str) -> ProvisionState:
     try:
         return _TABLE[(ProvisionState(state), Event(event))]
     except (KeyError, ValueError):
+        state = getattr(state, "value", state)  # a ProvisionState prints as its value
         allowed = ", ".join(allowed_events(state)) or "none"
         raise InvalidStateTransition(
             f"cannot {event} a node in provision state {state!r} (allowed: {allowed})"

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -137,7 +138,7 @@ def cloud(stack: Stack) -> dict[str, str]:
     }
 
 
-def ok(response: httpx.Response, status: int | tuple[int, ...] = (200, 202)) -> dict:
+def ok(response: httpx.Response, status: int | tuple[int, ...] = (200, 202)) -> dict[str, Any]:
     expected = (status,) if isinstance(status, int) else status
     assert response.status_code in expected, (response.status_code, response.text)
     return response.json() if response.content else {}
@@ -155,7 +156,7 @@ def count_nodes(admin: httpx.Client, state: str) -> int:
     return len(nodes["nodes"])
 
 
-def instance(client: httpx.Client, instance_id: str) -> dict:
+def instance(client: httpx.Client, instance_id: str) -> dict[str, Any]:
     return ok(client.get(f"/v1/instances/{instance_id}"), 200)
 
 

@@ -6,15 +6,14 @@ from typing import Annotated
 
 import typer
 
-from .output import FLAVOR_COLUMNS, OutputFormat, print_list, print_note, print_resource
+from .output import FLAVOR_COLUMNS, OutputFormat, print_resource
+from .resource_commands import ResourceCommands
 from .session import EndpointOption, FormatOption, TokenOption, connect
 
 app = typer.Typer(
     help="Flavors: the kinds of machine a server can ask for (admins create them).",
     no_args_is_help=True,
 )
-
-FlavorArg = Annotated[str, typer.Argument(help="Flavor id or name.")]
 
 
 @app.command("create")
@@ -43,42 +42,7 @@ def create(
     print_resource(flavor, fmt)
 
 
-@app.command("list")
-def list_flavors(
-    ctx: typer.Context,
-    endpoint: EndpointOption = None,
-    token: TokenOption = None,
-    fmt: FormatOption = OutputFormat.TABLE,
-) -> None:
-    """List flavors."""
-    with connect(ctx, endpoint, token) as api:
-        flavors = api.flavors.list()
-    print_list(flavors, FLAVOR_COLUMNS, fmt)
-
-
-@app.command("show")
-def show(
-    ctx: typer.Context,
-    flavor: FlavorArg,
-    endpoint: EndpointOption = None,
-    token: TokenOption = None,
-    fmt: FormatOption = OutputFormat.TABLE,
-) -> None:
-    """Show a flavor."""
-    with connect(ctx, endpoint, token) as api:
-        found = api.flavors.find(flavor)
-    print_resource(found, fmt)
-
-
-@app.command("delete")
-def delete(
-    ctx: typer.Context,
-    flavor: FlavorArg,
-    endpoint: EndpointOption = None,
-    token: TokenOption = None,
-) -> None:
-    """Delete a flavor (admin)."""
-    with connect(ctx, endpoint, token) as api:
-        found = api.flavors.find(flavor)
-        api.flavors.delete(found["id"])
-    print_note(f"deleted flavor {found['name']} ({found['id']})")
+commands = ResourceCommands(app, "flavor", lambda api: api.flavors, "Flavor id or name.")
+commands.add_list(FLAVOR_COLUMNS, "List flavors.")
+commands.add_show("Show a flavor.")
+commands.add_delete("Delete a flavor (admin).")

@@ -13,11 +13,11 @@ from .output import (
     IMAGE_COLUMNS,
     OutputFormat,
     print_list,
-    print_note,
     print_resource,
     print_step,
     stderr_console,
 )
+from .resource_commands import ResourceCommands
 from .session import EndpointOption, FormatOption, TokenOption, connect
 
 app = typer.Typer(
@@ -25,7 +25,8 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-ImageArg = Annotated[str, typer.Argument(help="Image id, or its name when unique.")]
+IMAGE_HELP = "Image id, or its name when unique."
+ImageArg = Annotated[str, typer.Argument(help=IMAGE_HELP)]
 FileArg = Annotated[
     Path,
     typer.Argument(
@@ -135,29 +136,6 @@ def list_images(
     print_list(images, IMAGE_COLUMNS, fmt)
 
 
-@app.command("show")
-def show(
-    ctx: typer.Context,
-    image: ImageArg,
-    endpoint: EndpointOption = None,
-    token: TokenOption = None,
-    fmt: FormatOption = OutputFormat.TABLE,
-) -> None:
-    """Show an image."""
-    with connect(ctx, endpoint, token) as api:
-        found = api.images.find(image)
-    print_resource(found, fmt)
-
-
-@app.command("delete")
-def delete(
-    ctx: typer.Context,
-    image: ImageArg,
-    endpoint: EndpointOption = None,
-    token: TokenOption = None,
-) -> None:
-    """Delete an image (refused while a server uses it)."""
-    with connect(ctx, endpoint, token) as api:
-        found = api.images.find(image)
-        api.images.delete(found["id"])
-    print_note(f"deleted image {found['name']} ({found['id']})")
+commands = ResourceCommands(app, "image", lambda api: api.images, IMAGE_HELP)
+commands.add_show("Show an image.")
+commands.add_delete("Delete an image (refused while a server uses it).")

@@ -7,15 +7,14 @@ from typing import Annotated
 import typer
 
 from .client import Resource
-from .output import NETWORK_COLUMNS, OutputFormat, print_list, print_note, print_resource
+from .output import NETWORK_COLUMNS, OutputFormat, print_resource
+from .resource_commands import ResourceCommands
 from .session import EndpointOption, FormatOption, TokenOption, connect
 
 app = typer.Typer(
     help="Networks: isolated layer-2 networks of your project that servers join.",
     no_args_is_help=True,
 )
-
-NetworkArg = Annotated[str, typer.Argument(help="Network id, or its name when unique.")]
 
 
 @app.command("create")
@@ -44,42 +43,9 @@ def create(
     print_resource(network, fmt)
 
 
-@app.command("list")
-def list_networks(
-    ctx: typer.Context,
-    endpoint: EndpointOption = None,
-    token: TokenOption = None,
-    fmt: FormatOption = OutputFormat.TABLE,
-) -> None:
-    """List your project's networks."""
-    with connect(ctx, endpoint, token) as api:
-        networks = api.networks.list()
-    print_list(networks, NETWORK_COLUMNS, fmt)
-
-
-@app.command("show")
-def show(
-    ctx: typer.Context,
-    network: NetworkArg,
-    endpoint: EndpointOption = None,
-    token: TokenOption = None,
-    fmt: FormatOption = OutputFormat.TABLE,
-) -> None:
-    """Show a network."""
-    with connect(ctx, endpoint, token) as api:
-        found = api.networks.find(network)
-    print_resource(found, fmt)
-
-
-@app.command("delete")
-def delete(
-    ctx: typer.Context,
-    network: NetworkArg,
-    endpoint: EndpointOption = None,
-    token: TokenOption = None,
-) -> None:
-    """Delete a network."""
-    with connect(ctx, endpoint, token) as api:
-        found = api.networks.find(network)
-        api.networks.delete(found["id"])
-    print_note(f"deleted network {found['name']} ({found['id']})")
+commands = ResourceCommands(
+    app, "network", lambda api: api.networks, "Network id, or its name when unique."
+)
+commands.add_list(NETWORK_COLUMNS, "List your project's networks.")
+commands.add_show("Show a network.")
+commands.add_delete("Delete a network.")

@@ -18,6 +18,7 @@ from .output import (
     stderr_console,
 )
 from .ports import mac_addresses
+from .resource_commands import ResourceCommands
 from .session import (
     EXIT_FAILED,
     EXIT_TIMED_OUT,
@@ -39,7 +40,9 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-NodeArg = Annotated[str, typer.Argument(help="Node id or name.")]
+NODE_HELP = "Node id or name."
+NodeArg = Annotated[str, typer.Argument(help=NODE_HELP)]
+commands = ResourceCommands(app, "node", lambda api: api.nodes, NODE_HELP)
 WaitOption = Annotated[
     bool, typer.Option(help="Wait until the node reaches the state asked for, showing progress.")
 ]
@@ -203,18 +206,7 @@ def list_nodes(
     print_list(nodes, NODE_COLUMNS, fmt)
 
 
-@app.command("show")
-def show(
-    ctx: typer.Context,
-    node: NodeArg,
-    endpoint: EndpointOption = None,
-    token: TokenOption = None,
-    fmt: FormatOption = OutputFormat.TABLE,
-) -> None:
-    """Show a node; passwords in its driver info are masked by the API."""
-    with connect(ctx, endpoint, token) as api:
-        found = api.nodes.get(node)
-    print_resource(found, fmt)
+commands.add_show("Show a node; passwords in its driver info are masked by the API.")
 
 
 @app.command("power")
@@ -252,103 +244,59 @@ def maintenance(
     print_note(f"node {found['name']} is {state}" + (f": {reason}" if reason else ""))
 
 
-@app.command("manage")
-def manage(
-    ctx: typer.Context,
-    node: NodeArg,
-    wait: WaitOption = False,
-    timeout: TimeoutOption = 1800.0,
-    poll_interval: PollOption = 2.0,
-    endpoint: EndpointOption = None,
-    token: TokenOption = None,
-    fmt: FormatOption = OutputFormat.TABLE,
-) -> None:
-    """Take a node under management: the conductor checks its drivers (manageable).
+def _add_provisioning_command(name: str, *, action: str, goal: str, help_text: str) -> None:
+    """Add the command ``name``: it asks for the provisioning ``action`` (the API's name)
+    and, with --wait, follows the node until it settles in ``goal``."""
 
-    With --wait, exit status 0 once the node is manageable, 1 if it failed, 2 when
-    --timeout passed first.
-    """
-    _provision(
-        ctx, node, "manage", "manageable", wait, timeout, poll_interval, endpoint, token, fmt
-    )
-
-
-@app.command("provide")
-def provide(
-    ctx: typer.Context,
-    node: NodeArg,
-    wait: WaitOption = False,
-    timeout: TimeoutOption = 1800.0,
-    poll_interval: PollOption = 2.0,
-    endpoint: EndpointOption = None,
-    token: TokenOption = None,
-    fmt: FormatOption = OutputFormat.TABLE,
-) -> None:
-    """Clean a manageable node and offer it to the scheduler (available).
-
-    With --wait, exit status 0 once the node is available, 1 if cleaning failed, 2 when
-    --timeout passed first.
-    """
-    _provision(
-        ctx, node, "provide", "available", wait, timeout, poll_interval, endpoint, token, fmt
-    )
+    @app.command(name, help=help_text)
+    def command(
+        ctx: typer.Context,
+        node: NodeArg,
+        wait: WaitOption = False,
+        timeout: TimeoutOption = 1800.0,
+        poll_interval: PollOption = 2.0,
+        endpoint: EndpointOption = None,
+        token: TokenOption = None,
+        fmt: FormatOption = OutputFormat.TABLE,
+    ) -> None:
+        with connect(ctx, endpoint, token) as api:
+            found = api.nodes.get(node)
+            api.nodes.set_provision_state(found["id"], action)
+            if not wait:
+                print_note(f"{action} requested for node {found['name']}")
+                return
+            found = _wait_for_state(ctx, api, found, timeout, poll_interval, goal=goal)
+        print_resource(found, fmt)
 
 
-@app.command("undeploy")
-def undeploy(
-    ctx: typer.Context,
-    node: NodeArg,
-    wait: WaitOption = False,
-    timeout: TimeoutOption = 1800.0,
-    poll_interval: PollOption = 2.0,
-    endpoint: EndpointOption = None,
-    token: TokenOption = None,
-    fmt: FormatOption = OutputFormat.TABLE,
-) -> None:
-    """Tear down what is deployed on a node (e.g. after a failed deploy); it is then
-    cleaned and becomes available.
-
-    With --wait, exit status 0 once the node is available, 1 if it failed, 2 when
-    --timeout passed first.
-    """
-    _provision(ctx, node, "delete", "available", wait, timeout, poll_interval, endpoint, token, fmt)
-
-
-def _provision(
-    ctx: typer.Context,
-    node: str,
-    action: str,
-    goal: str,
-    wait: bool,
-    timeout: float,
-    interval: float,
-    endpoint: str | None,
-    token: str | None,
-    fmt: OutputFormat,
-) -> None:
-    """Ask for the provisioning ``action`` (the API's name); with ``wait``, for ``goal``."""
-    with connect(ctx, endpoint, token) as api:
-        found = api.nodes.get(node)
-        api.nodes.set_provision_state(found["id"], action)
-        if not wait:
-            print_note(f"{action} requested for node {found['name']}")
-            return
-        found = _wait_for_state(ctx, api, found, timeout, interval, goal=goal)
-    print_resource(found, fmt)
-
-
-@app.command("delete")
-def delete(
-    ctx: typer.Context,
-    node: NodeArg,
-    endpoint: EndpointOption = None,
-    token: TokenOption = None,
-) -> None:
-    """Forget a node. Only a node in enroll, manageable or available, with no instance."""
-    with connect(ctx, endpoint, token) as api:
-        found = api.nodes.get(node)
-        api.nodes.delete(found["id"])
-    print_note(f"deleted node {found['name']} ({found['id']})")
+_add_provisioning_command(
+    "manage",
+    action="manage",
+    goal="manageable",
+    help_text="Take a node under management: the conductor checks its drivers (manageable).\n\n"
+    "With --wait, exit status 0 once the node is manageable, 1 if it failed, 2 when\n"
+    "--timeout passed first.",
+)
+_add_provisioning_command(
+    "provide",
+    action="provide",
+    goal="available",
+    help_text="Clean a manageable node and offer it to the scheduler (available).\n\n"
+    "With --wait, exit status 0 once the node is available, 1 if cleaning failed, 2 when\n"
+    "--timeout passed first.",
+)
+_add_provisioning_command(
+    "undeploy",
+    action="delete",
+    goal="available",
+    help_text="Tear down what is deployed on a node (e.g. after a failed deploy); it is then\n"
+    "cleaned and becomes available.\n\n"
+    "With --wait, exit status 0 once the node is available, 1 if it failed, 2 when\n"
+    "--timeout passed first.",
+)
+commands.add_delete(
+    "Forget a node. Only a node in enroll, manageable or available, with no instance."
+)
 
 
 def _wait_for_state(

@@ -3,21 +3,53 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
+from sqlalchemy.exc import OperationalError
 
-from libs.config import CommonSettings
-from libs.db import upgrade
+from libs.config import CommonSettings, ConfigFileError
+from libs.db import SchemaMissing, upgrade
 from libs.log import setup_logging
 
-from .demo_cloud import seed_and_deploy
+from .client import APIError
+from .demo_cloud import DemoFailed, seed_and_deploy
 from .processes import ServiceName, run_service, wait_for_signal
 
 console = Console()
 LOG = logging.getLogger(__name__)
+
+
+@contextmanager
+def startup_errors() -> Iterator[None]:
+    """Turn the usual start-up failures into one clear line and exit status 1, not a
+    traceback: bad settings, an unreachable database, a port already in use."""
+    try:
+        yield
+    except ConfigFileError as exc:
+        raise _fail(str(exc)) from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
+        )
+        raise _fail(f"invalid settings: {problems}") from None
+    except SchemaMissing as exc:
+        raise _fail(str(exc)) from None
+    except OperationalError as exc:
+        raise _fail(f"cannot use the database: {exc.orig or exc}") from None
+    except OSError as exc:
+        raise _fail(f"cannot start: {exc}") from None
+
+
+def _fail(message: str) -> typer.Exit:
+    Console(stderr=True).print(f"error: {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(1)
+
 
 db_app = typer.Typer(help="The database schema (Alembic migrations).", no_args_is_help=True)
 
@@ -35,7 +67,8 @@ def service_command(
     file named by TETSU_CONFIG: its top-level keys apply to every service, its [api],
     [scheduler], [conductor] and [netctl] tables to one. See docs/operations.md.
     """
-    run_service(name, migrate=migrate)
+    with startup_errors():
+        run_service(name, migrate=migrate)
 
 
 @db_app.command("upgrade")
@@ -43,9 +76,10 @@ def db_upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
 ) -> None:
     """Create or migrate the schema of TETSU_DATABASE_URL (safe to run again)."""
-    settings = CommonSettings()
-    setup_logging("db", settings.log_level)
-    upgrade(settings.database_url, revision)
+    with startup_errors():
+        settings = CommonSettings()
+        setup_logging("db", settings.log_level)
+        upgrade(settings.database_url, revision)
     console.print(f"database at revision {revision}")
 
 
@@ -74,11 +108,16 @@ def all_in_one_command(
     # Imported here: the client commands (tetsu server ...) need not load every service.
     from .allinone import AllInOne  # noqa: PLC0415
 
-    state_dir.mkdir(parents=True, exist_ok=True)
-    log_file = state_dir / "tetsu.log"
-    setup_logging("all-in-one", CommonSettings().log_level, log_file=log_file)
-    stack = AllInOne(state_dir, host=host, port=port)
-    stack.start()
+    with startup_errors():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        log_file = state_dir / "tetsu.log"
+        setup_logging("all-in-one", CommonSettings().log_level, log_file=log_file)
+        stack = AllInOne(state_dir, host=host, port=port)
+        try:
+            stack.start()
+        except BaseException:
+            stack.stop()
+            raise
     try:
         token_file = state_dir / "admin-token"
         console.print(f"[bold]tetsu all-in-one[/]: API at {stack.endpoint} (OpenAPI at /docs)")
@@ -89,7 +128,10 @@ def all_in_one_command(
             highlight=False,
         )
         if demo:
-            seed_and_deploy(stack.endpoint, stack.token, nodes=nodes, console=console)
+            try:
+                seed_and_deploy(stack.endpoint, stack.token, nodes=nodes, console=console)
+            except (DemoFailed, APIError) as exc:
+                raise _fail(f"the demo failed: {exc} (details in {log_file})") from None
         if demo and exit_after_demo:
             return
         console.print("serving; Ctrl-C to stop")

@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from .client import normalise_mac
-from .output import PORT_COLUMNS, OutputFormat, print_list, print_note, print_resource
+from .output import PORT_COLUMNS, OutputFormat, print_list, print_resource
+from .resource_commands import ResourceCommands
 from .session import EndpointOption, FormatOption, TokenOption, connect
 
 app = typer.Typer(
@@ -79,15 +80,5 @@ def list_ports(
     print_list(ports, PORT_COLUMNS, fmt)
 
 
-@app.command("delete")
-def delete(
-    ctx: typer.Context,
-    port: Annotated[str, typer.Argument(help="Port id or MAC address.")],
-    endpoint: EndpointOption = None,
-    token: TokenOption = None,
-) -> None:
-    """Forget a port."""
-    with connect(ctx, endpoint, token) as api:
-        found = api.ports.find(port)
-        api.ports.delete(found["id"])
-    print_note(f"deleted port {found['address']} ({found['id']})")
+commands = ResourceCommands(app, "port", lambda api: api.ports, "Port id or MAC address.")
+commands.add_delete("Forget a port.", label="address")

@@ -101,6 +101,7 @@ def run_service(name: ServiceName, *, migrate: bool = False) -> None:
     if migrate:
         upgrade(settings.database_url)
     db = Database(settings.database_url)
+    db.check()
     transport = transport_from_url(settings.transport_url)
     service = kind.build(settings, db, transport)
     LOG.info(

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from .output import PROJECT_COLUMNS, OutputFormat, print_list, print_note, print_resource
+from .output import PROJECT_COLUMNS, OutputFormat, print_resource
+from .resource_commands import ResourceCommands
 from .session import EndpointOption, FormatOption, TokenOption, connect
 
 app = typer.Typer(
@@ -33,28 +34,6 @@ def create(
     print_resource(project, fmt)
 
 
-@app.command("list")
-def list_projects(
-    ctx: typer.Context,
-    endpoint: EndpointOption = None,
-    token: TokenOption = None,
-    fmt: FormatOption = OutputFormat.TABLE,
-) -> None:
-    """List projects."""
-    with connect(ctx, endpoint, token) as api:
-        projects = api.projects.list()
-    print_list(projects, PROJECT_COLUMNS, fmt)
-
-
-@app.command("delete")
-def delete(
-    ctx: typer.Context,
-    project: Annotated[str, typer.Argument(help="Project id or name.")],
-    endpoint: EndpointOption = None,
-    token: TokenOption = None,
-) -> None:
-    """Delete a project."""
-    with connect(ctx, endpoint, token) as api:
-        found = api.projects.find(project)
-        api.projects.delete(found["id"])
-    print_note(f"deleted project {found['name']} ({found['id']})")
+commands = ResourceCommands(app, "project", lambda api: api.projects, "Project id or name.")
+commands.add_list(PROJECT_COLUMNS, "List projects.")
+commands.add_delete("Delete a project.")

@@ -15,6 +15,7 @@ from .output import (
     print_resource,
     stderr_console,
 )
+from .resource_commands import ResourceCommands
 from .session import (
     EXIT_FAILED,
     EXIT_TIMED_OUT,
@@ -34,7 +35,9 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-ServerArg = Annotated[str, typer.Argument(help="Server id, or its name when unique.")]
+SERVER_HELP = "Server id, or its name when unique."
+ServerArg = Annotated[str, typer.Argument(help=SERVER_HELP)]
+commands = ResourceCommands(app, "server", lambda api: api.instances, SERVER_HELP)
 
 
 @app.command("create")
@@ -100,18 +103,7 @@ def list_servers(
     print_list(servers, SERVER_COLUMNS, fmt)
 
 
-@app.command("show")
-def show(
-    ctx: typer.Context,
-    server: ServerArg,
-    endpoint: EndpointOption = None,
-    token: TokenOption = None,
-    fmt: FormatOption = OutputFormat.TABLE,
-) -> None:
-    """Show a server: status, task, node, fault..."""
-    with connect(ctx, endpoint, token) as api:
-        instance = api.instances.find(server)
-    print_resource(instance, fmt)
+commands.add_show("Show a server: status, task, node, fault...")
 
 
 @app.command("delete")

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 from .login import PasswordStdinOption, read_password
-from .output import USER_COLUMNS, OutputFormat, print_list, print_note, print_resource
+from .output import USER_COLUMNS, OutputFormat, print_resource
+from .resource_commands import ResourceCommands
 from .session import EndpointOption, FormatOption, TokenOption, connect
 
 app = typer.Typer(
@@ -45,28 +46,6 @@ def create(
     print_resource(user, fmt)
 
 
-@app.command("list")
-def list_users(
-    ctx: typer.Context,
-    endpoint: EndpointOption = None,
-    token: TokenOption = None,
-    fmt: FormatOption = OutputFormat.TABLE,
-) -> None:
-    """List users."""
-    with connect(ctx, endpoint, token) as api:
-        users = api.users.list()
-    print_list(users, USER_COLUMNS, fmt)
-
-
-@app.command("delete")
-def delete(
-    ctx: typer.Context,
-    user: Annotated[str, typer.Argument(help="User id or name.")],
-    endpoint: EndpointOption = None,
-    token: TokenOption = None,
-) -> None:
-    """Delete a user."""
-    with connect(ctx, endpoint, token) as api:
-        found = api.users.find(user)
-        api.users.delete(found["id"])
-    print_note(f"deleted user {found['name']} ({found['id']})")
+commands = ResourceCommands(app, "user", lambda api: api.users, "User id or name.")
+commands.add_list(USER_COLUMNS, "List users.")
+commands.add_delete("Delete a user.")

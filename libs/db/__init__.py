@@ -4,7 +4,7 @@ The API, the scheduler and the conductors all read and write these tables; the n
 controller writes port bindings. Schema changes go through ``libs/db/migrations``.
 """
 
-from .engine import Database, make_engine
+from .engine import Database, SchemaMissing, make_engine
 from .migrate import upgrade
 from .models import (
     Conductor,
@@ -45,6 +45,7 @@ __all__ = [
     "PowerState",
     "Project",
     "Role",
+    "SchemaMissing",
     "TaskState",
     "Token",
     "User",

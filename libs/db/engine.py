@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, create_engine
@@ -38,6 +38,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+class SchemaMissing(RuntimeError):
+    """The database is reachable but its tables were never created."""
+
+
 class Database:
     """An engine plus short-lived sessions: ``with db.session() as s: ...`` commits on exit."""
 
@@ -56,6 +60,16 @@ class Database:
             raise
         finally:
             session.close()
+
+    def check(self) -> None:
+        """Fail early and clearly when the database is unreachable or not migrated:
+        raises OperationalError, or SchemaMissing naming the command that fixes it."""
+        with self.engine.connect() as connection:
+            if not inspect(connection).has_table("alembic_version"):
+                raise SchemaMissing(
+                    "the database has no tetsu schema yet: run `tetsu db upgrade` "
+                    "(or start the service with --migrate)"
+                )
 
     @property
     def is_sqlite(self) -> bool:

@@ -123,3 +123,19 @@ def require_admin(ctxt: ContextDep) -> RequestContext:
 
 
 AdminDep = Annotated[RequestContext, Depends(require_admin)]
+
+
+def may_see(ctxt: RequestContext, project_id: str) -> bool:
+    """Whether the caller may see what ``project_id`` owns: an admin anything, a member
+    their own project's."""
+    return ctxt.is_admin or project_id == ctxt.project_id
+
+
+def listed_project(ctxt: RequestContext, project_id: str | None, what: str) -> str | None:
+    """The project a list of ``what`` is limited to: a member's own (asking for another's
+    is Forbidden); an admin's choice, None for every project."""
+    if ctxt.is_admin:
+        return project_id
+    if project_id is not None and project_id != ctxt.project_id:
+        raise Forbidden(f"only an admin may list other projects' {what}")
+    return ctxt.project_id

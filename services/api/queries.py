@@ -1,4 +1,5 @@
-"""Query helpers the routes share: limit/marker pagination and commits of unique names."""
+"""Query helpers the routes share: limit/marker pagination, commits of unique names, and
+letting go of what only deleted instances still refer to."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Query
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col, delete, select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from .errors import Duplicate
+from libs.db import Instance, InstanceStatus
+
+from .errors import Duplicate, InUse
 
 T = TypeVar("T")
 
@@ -63,3 +66,19 @@ def commit_unique(session: Session, reason: str) -> None:
     except IntegrityError:
         session.rollback()
         raise Duplicate(reason) from None
+
+
+def release_from_instances(session: Session, column: Any, value: str, what: str) -> None:
+    """Before deleting ``what``, which instances refer to through ``column`` (e.g.
+    ``Instance.flavor_id == value``): refuse (409 ``in_use``) while one not DELETED does;
+    else remove the deleted ones' records, which would otherwise pin it forever."""
+    in_use = session.exec(
+        select(Instance.id)
+        .where(col(column) == value, col(Instance.status) != InstanceStatus.DELETED)
+        .limit(1)
+    ).first()
+    if in_use is not None:
+        raise InUse(f"{what} is used by instance {in_use}")
+    session.exec(
+        delete(Instance).where(col(column) == value, col(Instance.status) == InstanceStatus.DELETED)
+    )

@@ -11,24 +11,20 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from sqlmodel import SQLModel
 
 from libs.db import (
     Conductor,
     DiskFormat,
-    Flavor,
     Image,
     ImageStatus,
     Instance,
     InstanceStatus,
-    Network,
     Node,
-    Port,
     PortBinding,
     PowerState,
-    Project,
     Role,
     TaskState,
-    User,
     as_utc,
 )
 
@@ -77,7 +73,13 @@ class RequestBody(BaseModel):
 
 
 class PublicModel(BaseModel):
+    """An answer whose fields are the table row's columns of the same names."""
+
     model_config = ConfigDict(from_attributes=True)
+
+    @classmethod
+    def from_row(cls, row: SQLModel) -> Self:
+        return cls.model_validate(row)
 
 
 # Projects and users
@@ -93,10 +95,6 @@ class ProjectPublic(PublicModel):
     name: str
     description: str
     created_at: UTCDateTime
-
-    @classmethod
-    def from_row(cls, row: Project) -> Self:
-        return cls.model_validate(row)
 
 
 class ProjectList(BaseModel):
@@ -117,10 +115,6 @@ class UserPublic(PublicModel):
     project_id: str
     role: Role
     created_at: UTCDateTime
-
-    @classmethod
-    def from_row(cls, row: User) -> Self:
-        return cls.model_validate(row)
 
 
 class UserList(BaseModel):
@@ -160,10 +154,6 @@ class FlavorPublic(PublicModel):
     memory_mb: int
     disk_gb: int
     created_at: UTCDateTime
-
-    @classmethod
-    def from_row(cls, row: Flavor) -> Self:
-        return cls.model_validate(row)
 
 
 class FlavorList(BaseModel):
@@ -231,10 +221,6 @@ class NetworkPublic(PublicModel):
     project_id: str
     segmentation_id: int
     created_at: UTCDateTime
-
-    @classmethod
-    def from_row(cls, row: Network) -> Self:
-        return cls.model_validate(row)
 
 
 class NetworkList(BaseModel):
@@ -385,10 +371,6 @@ class PortPublic(PublicModel):
     binding: PortBinding
     network_id: str | None
     created_at: UTCDateTime
-
-    @classmethod
-    def from_row(cls, row: Port) -> Self:
-        return cls.model_validate(row)
 
 
 class PortList(BaseModel):

@@ -82,14 +82,9 @@ class Cleaning:
 
     def resume(self, task: Task, success: bool, message: str | None) -> None:
         """The ramdisk reported on its cleaning: finish it (on a worker) or fail it."""
-        callback_tokens.revoke(task.node)
-        task.process_event(Event.RESUME)
-        if success:
-            task.spawn_after(self._finish)
-        else:
-            task.spawn_after(
-                self.fail, f"the cleaning ramdisk failed: {message or 'no reason given'}"
-            )
+        steps.resume_after_ramdisk(
+            task, success, message, work="cleaning", finish=self._finish, fail=self.fail
+        )
 
     def fail(self, task: Task, reason: str) -> None:
         """Deleting failed -> ``error``; cleaning failed -> ``clean failed``. The node is
@@ -99,13 +94,7 @@ class Cleaning:
         node = task.node
         LOG.error("%s of node %s failed: %s", node.provision_state, node.id, reason)
         was_deleting = node.provision_state == S.DELETING
-        instance_id = node.instance_id
-        callback_tokens.revoke(node)
-        node.last_error = reason
-        node.instance_id = None
-        task.process_event(Event.FAIL)
-        steps.quiesce(task, self.network)
-        task.save()
+        instance_id = steps.fail_node(task, self.network, reason)
         if instance_id is None:
             return
         if was_deleting:

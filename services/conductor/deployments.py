@@ -19,7 +19,7 @@ from libs.rpc import RequestContext
 from services.netctl.rpcapi import NetworkAPI
 from services.scheduler.rpcapi import SchedulerAPI
 
-from . import callback_tokens, instances, steps
+from . import instances, steps
 from .cleaning import Cleaning
 from .drivers import BootDevice
 from .states import Event, ProvisionState
@@ -81,27 +81,16 @@ class Deployments:
 
     def resume(self, task: Task, success: bool, message: str | None) -> None:
         """The ramdisk reported on its deploy: finish it (on a worker) or fail it."""
-        callback_tokens.revoke(task.node)
-        task.process_event(Event.RESUME)
-        if success:
-            task.spawn_after(self._finish)
-        else:
-            task.spawn_after(
-                self.fail, f"the deploy ramdisk failed: {message or 'no reason given'}"
-            )
+        steps.resume_after_ramdisk(
+            task, success, message, work="deploy", finish=self._finish, fail=self.fail
+        )
 
     def fail(self, task: Task, reason: str) -> None:
         """Deploy failed: node ``deploy failed`` with ``reason``, quiesced, its claim
         released, and the instance back to the scheduler (unless deleted meanwhile)."""
         node = task.node
         LOG.error("deploy on node %s failed: %s", node.id, reason)
-        instance_id = node.instance_id
-        callback_tokens.revoke(node)
-        node.last_error = reason
-        node.instance_id = None
-        task.process_event(Event.FAIL)
-        steps.quiesce(task, self.network)
-        task.save()
+        instance_id = steps.fail_node(task, self.network, reason)
         if instance_id is not None:
             self._hand_back(task.context, node.id, instance_id, reason)
 

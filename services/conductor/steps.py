@@ -1,10 +1,12 @@
-"""The hardware and network steps that deploy and cleaning are made of, and how a failed
-step is described in ``Node.last_error``.
+"""The hardware and network steps that deploy and cleaning are made of, how both resume
+on the ramdisk's callback and fail, and how a failed step is described in
+``Node.last_error``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from libs.db import PowerState
 from libs.errors import TetsuError
@@ -13,6 +15,7 @@ from services.netctl.rpcapi import NetworkAPI
 
 from . import callback_tokens
 from .drivers import BootDevice
+from .states import Event
 from .task_manager import Task
 
 LOG = logging.getLogger(__name__)
@@ -55,6 +58,39 @@ def boot_ramdisk_next(task: Task) -> None:
     task.save()
     task.driver.management.set_boot_device(task, BootDevice.PXE)
     task.driver.boot.prepare_ramdisk(task)
+
+
+def resume_after_ramdisk(
+    task: Task,
+    success: bool,
+    message: str | None,
+    *,
+    work: str,
+    finish: Callable[[Task], None],
+    fail: Callable[[Task, str], None],
+) -> None:
+    """The ramdisk reported on its ``work`` (deploy, cleaning): its callback token is spent,
+    then ``finish`` runs on a worker, or ``fail`` with the ramdisk's reason."""
+    callback_tokens.revoke(task.node)
+    task.process_event(Event.RESUME)
+    if success:
+        task.spawn_after(finish)
+    else:
+        task.spawn_after(fail, f"the {work} ramdisk failed: {message or 'no reason given'}")
+
+
+def fail_node(task: Task, network: NetworkAPI, reason: str) -> str | None:
+    """Fail the task's node with ``reason`` as its last_error: its callback token spent,
+    its instance let go of, the node quiesced and saved. The instance it held, if any."""
+    node = task.node
+    instance_id = node.instance_id
+    callback_tokens.revoke(node)
+    node.last_error = reason
+    node.instance_id = None
+    task.process_event(Event.FAIL)
+    quiesce(task, network)
+    task.save()
+    return instance_id
 
 
 def ports_to_provisioning(task: Task, network: NetworkAPI) -> None:

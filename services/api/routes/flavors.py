@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
-from sqlmodel import Session, col, delete, select
+from sqlmodel import Session, col, select
 
-from libs.db import Flavor, Instance, InstanceStatus
+from libs.db import Flavor, Instance
 from libs.errors import NotFound
 
 from ..deps import AdminDep, ContextDep, SessionDep
-from ..errors import InUse
-from ..queries import PageDep, commit_unique, paginate
+from ..queries import PageDep, commit_unique, paginate, release_from_instances
 from ..schemas import FlavorCreate, FlavorList, FlavorPublic
 
 router = APIRouter(prefix="/v1/flavors", tags=["flavors"])
@@ -64,18 +63,6 @@ def show_flavor(flavor_ref: str, session: SessionDep, _: ContextDep) -> FlavorPu
 @router.delete("/{flavor_ref}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_flavor(flavor_ref: str, session: SessionDep, _: AdminDep) -> None:
     flavor = get_flavor(session, flavor_ref)
-    in_use = session.exec(
-        select(Instance.id)
-        .where(col(Instance.flavor_id) == flavor.id, col(Instance.status) != InstanceStatus.DELETED)
-        .limit(1)
-    ).first()
-    if in_use is not None:
-        raise InUse(f"flavor {flavor.name!r} is used by instance {in_use}")
-    # Deleted instances' records would otherwise pin the flavor forever.
-    session.exec(
-        delete(Instance).where(
-            col(Instance.flavor_id) == flavor.id, col(Instance.status) == InstanceStatus.DELETED
-        )
-    )
+    release_from_instances(session, Instance.flavor_id, flavor.id, f"flavor {flavor.name!r}")
     session.delete(flavor)
     session.commit()

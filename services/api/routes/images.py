@@ -16,16 +16,16 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import FileResponse
 from sqlalchemy import or_
-from sqlmodel import Session, col, delete, select, update
+from sqlmodel import Session, col, select, update
 from starlette.concurrency import run_in_threadpool
 
-from libs.db import Database, Image, ImageStatus, Instance, InstanceStatus
+from libs.db import Database, Image, ImageStatus, Instance
 from libs.errors import Forbidden, InvalidStateTransition, NotFound
 from libs.rpc import RequestContext
 
 from ..deps import ContextDep, DatabaseDep, SessionDep, SettingsDep
-from ..errors import InUse, InvalidInput
-from ..queries import PageDep, paginate
+from ..errors import InvalidInput
+from ..queries import PageDep, paginate, release_from_instances
 from ..schemas import ImageCreate, ImageList, ImagePublic
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
@@ -187,19 +187,7 @@ def download_image_file(image_id: str, session: SessionDep, ctxt: ContextDep) ->
 @router.delete("/{image_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_image(image_id: str, session: SessionDep, ctxt: ContextDep) -> None:
     image = get_own_image(session, image_id, ctxt)
-    in_use = session.exec(
-        select(Instance.id)
-        .where(col(Instance.image_id) == image.id, col(Instance.status) != InstanceStatus.DELETED)
-        .limit(1)
-    ).first()
-    if in_use is not None:
-        raise InUse(f"image {image.name!r} is used by instance {in_use}")
-    # Deleted instances' records would otherwise pin the image forever.
-    session.exec(
-        delete(Instance).where(
-            col(Instance.image_id) == image.id, col(Instance.status) == InstanceStatus.DELETED
-        )
-    )
+    release_from_instances(session, Instance.image_id, image.id, f"image {image.name!r}")
     file_path = image.file_path
     session.delete(image)
     session.commit()

@@ -20,7 +20,15 @@ from libs.errors import (
 )
 from libs.rpc import RequestContext
 
-from ..deps import ConductorAPIDep, ContextDep, SchedulerAPIDep, SessionDep, SettingsDep
+from ..deps import (
+    ConductorAPIDep,
+    ContextDep,
+    SchedulerAPIDep,
+    SessionDep,
+    SettingsDep,
+    listed_project,
+    may_see,
+)
 from ..errors import InvalidInput
 from ..queries import PageDep, paginate
 from ..schemas import InstanceCreate, InstanceList, InstancePublic
@@ -36,7 +44,7 @@ BUS_ERRORS = (rpc.Timeout, rpc.NoConsumer, rpc.TransportError)
 def get_instance(session: Session, instance_id: str, ctxt: RequestContext) -> Instance:
     """An instance of the caller's project (any for an admin); others' are not found."""
     instance = session.get(Instance, instance_id)
-    if instance is None or not (ctxt.is_admin or instance.project_id == ctxt.project_id):
+    if instance is None or not may_see(ctxt, instance.project_id):
         raise NotFound(f"instance {instance_id!r} not found")
     return instance
 
@@ -48,7 +56,7 @@ def public(instance: Instance, ctxt: RequestContext) -> InstancePublic:
 def check_networks(session: Session, network_ids: list[str], ctxt: RequestContext) -> None:
     for network_id in network_ids:
         network = session.get(Network, network_id)
-        if network is None or not (ctxt.is_admin or network.project_id == ctxt.project_id):
+        if network is None or not may_see(ctxt, network.project_id):
             raise InvalidInput(f"network {network_id!r} not found")
 
 
@@ -130,10 +138,7 @@ def list_instances(
     project_id: Annotated[str | None, Query(max_length=36, description="Admins only")] = None,
 ) -> InstanceList:
     statement = select(Instance)
-    if not ctxt.is_admin:
-        if project_id is not None and project_id != ctxt.project_id:
-            raise Forbidden("only an admin may list other projects' instances")
-        project_id = ctxt.project_id
+    project_id = listed_project(ctxt, project_id, "instances")
     if project_id is not None:
         statement = statement.where(col(Instance.project_id) == project_id)
     if status_filter is None:

@@ -12,7 +12,7 @@ from libs.db import Instance, InstanceStatus, Network, Port, Project
 from libs.errors import Conflict, Forbidden, NotFound
 from libs.rpc import RequestContext
 
-from ..deps import ContextDep, SessionDep
+from ..deps import ContextDep, SessionDep, listed_project, may_see
 from ..errors import Duplicate, InUse, InvalidInput
 from ..queries import PageDep, paginate
 from ..schemas import NetworkCreate, NetworkList, NetworkPublic
@@ -28,7 +28,7 @@ ALLOCATION_ATTEMPTS = 10
 def get_network(session: Session, network_id: str, ctxt: RequestContext) -> Network:
     """A network of the caller's project (any network for an admin)."""
     network = session.get(Network, network_id)
-    if network is None or not (ctxt.is_admin or network.project_id == ctxt.project_id):
+    if network is None or not may_see(ctxt, network.project_id):
         raise NotFound(f"network {network_id!r} not found")
     return network
 
@@ -79,10 +79,7 @@ def list_networks(
     project_id: Annotated[str | None, Query(max_length=36, description="Admins only")] = None,
 ) -> NetworkList:
     statement = select(Network)
-    if not ctxt.is_admin:
-        if project_id is not None and project_id != ctxt.project_id:
-            raise Forbidden("only an admin may list other projects' networks")
-        project_id = ctxt.project_id
+    project_id = listed_project(ctxt, project_id, "networks")
     if project_id is not None:
         statement = statement.where(col(Network.project_id) == project_id)
     if name is not None:

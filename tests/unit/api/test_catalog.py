@@ -257,3 +257,37 @@ def test_network_used_by_an_instance_cannot_be_deleted(client, alice, catalog):
     response = client.delete(f"/v1/networks/{network['id']}", headers=alice.headers)
     assert response.status_code == 409
     assert error_of(response)["code"] == "in_use"
+
+
+def test_a_member_cannot_list_another_projects_networks(client, alice, bob):
+    client.post("/v1/networks", json={"name": "a"}, headers=alice.headers)
+
+    response = client.get(f"/v1/networks?project_id={alice.project_id}", headers=bob.headers)
+
+    assert response.status_code == 403
+    listed = client.get(f"/v1/networks?project_id={alice.project_id}", headers=ADMIN).json()
+    assert [n["name"] for n in listed["networks"]] == ["a"]
+
+
+# Flavors and images used by instances
+
+
+@pytest.mark.parametrize("kind", ["flavor", "image"])
+def test_a_flavor_or_image_is_freed_once_its_instance_is_deleted(client, alice, catalog, kind):
+    thing = catalog.flavor if kind == "flavor" else catalog.image
+    instance = client.post(
+        "/v1/instances",
+        json={"name": "vm", "flavor": "small", "image": "ubuntu"},
+        headers=alice.headers,
+    ).json()
+
+    refused = client.delete(f"/v1/{kind}s/{thing['id']}", headers=ADMIN)
+    assert refused.status_code == 409
+    assert error_of(refused)["reason"] == (
+        f"{kind} {thing['name']!r} is used by instance {instance['id']}"
+    )
+
+    client.delete(f"/v1/instances/{instance['id']}", headers=alice.headers)  # no node: at once
+    assert client.delete(f"/v1/{kind}s/{thing['id']}", headers=ADMIN).status_code == 204
+    gone = client.get(f"/v1/instances/{instance['id']}", headers=alice.headers)
+    assert gone.status_code == 404  # the deleted instance's record went with it

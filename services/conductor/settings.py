@@ -29,7 +29,15 @@ class ConductorSettings(CommonSettings):
     check_interval: float = Field(
         default=5.0, gt=0, description="Seconds between checks for timed-out callbacks"
     )
-    enabled_power_interfaces: list[str] = Field(default=["fake"])
-    enabled_boot_interfaces: list[str] = Field(default=["fake"])
-    enabled_deploy_interfaces: list[str] = Field(default=["fake"])
-    enabled_management_interfaces: list[str] = Field(default=["fake"])
+    enabled_power_interfaces: list[str] = Field(
+        default=["fake"], description="Power interfaces nodes may use (JSON list in the env)"
+    )
+    enabled_boot_interfaces: list[str] = Field(
+        default=["fake"], description="Boot interfaces nodes may use (JSON list in the env)"
+    )
+    enabled_deploy_interfaces: list[str] = Field(
+        default=["fake"], description="Deploy interfaces nodes may use (JSON list in the env)"
+    )
+    enabled_management_interfaces: list[str] = Field(
+        default=["fake"], description="Management interfaces nodes may use (JSON list in the env)"
+    )

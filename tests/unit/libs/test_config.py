@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from libs.config import ConfigFileError
+from libs.config import CommonSettings, ConfigFileError
 from services.api.settings import APISettings
 from services.conductor.settings import ConductorSettings
+from services.netctl.settings import NetctlSettings
 from services.scheduler.settings import SchedulerSettings
 
 CONFIG = """
@@ -81,3 +82,12 @@ def test_bad_values_name_the_setting(config_file: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("TETSU_MAX_ATTEMPTS", "0")
     with pytest.raises(ValueError, match="max_attempts"):
         SchedulerSettings()
+
+
+def test_every_setting_is_documented() -> None:
+    doc = (Path(__file__).parents[3] / "docs" / "operations.md").read_text()
+    for cls in (CommonSettings, APISettings, SchedulerSettings, ConductorSettings, NetctlSettings):
+        for name in cls.model_fields:
+            assert f"`TETSU_{name.upper()}`" in doc, (
+                f"{cls.__name__}.{name} is not in docs/operations.md"
+            )

@@ -71,4 +71,22 @@ def create_app(settings: APISettings, db: Database, transport: Transport) -> Fas
             raise ServiceUnavailable("the database is unreachable") from None
         return Health(status="ok")
 
+    _drop_validation_responses(app)
     return app
+
+
+def _drop_validation_responses(app: FastAPI) -> None:
+    """FastAPI documents a 422 on every route; this API answers bad input with 400 (see
+    errors.py), so the published schema must not promise a 422."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

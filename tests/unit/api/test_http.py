@@ -118,3 +118,13 @@ def test_healthz_needs_no_token(client):
     response = client.get("/healthz")
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
+
+
+def test_openapi_promises_400_for_bad_input_not_422(client):
+    spec = client.get("/openapi.json").json()
+    create = spec["paths"]["/v1/instances"]["post"]["responses"]
+    assert "400" in create
+    assert all(
+        "422" not in op["responses"] for path in spec["paths"].values() for op in path.values()
+    )
+    assert client.post("/v1/instances", json={}).status_code in (400, 401)

@@ -12,7 +12,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, String
+from sqlalchemy import JSON, BigInteger, Column, DateTime, String
 from sqlmodel import Field, SQLModel
 
 
@@ -128,7 +128,7 @@ class Image(SQLModel, table=True):
     source_url: str | None = Field(default=None, max_length=2000)
     file_path: str | None = Field(default=None, max_length=2000)
     sha256: str | None = Field(default=None, max_length=64)
-    size: int | None = Field(default=None, ge=0)
+    size: int | None = Field(default=None, ge=0, sa_type=BigInteger)  # images pass 2 GiB
     created_at: datetime = Field(
         default_factory=utcnow, sa_type=DateTime(timezone=True), nullable=False
     )

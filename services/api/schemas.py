@@ -40,7 +40,9 @@ InterfaceName = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=40)
 ]
 # Strict: JSON "4" or true is a mistake in a count, not something to coerce.
-Count = Annotated[int, Field(ge=0, strict=True)]
+# Bounded by the database's column types (INTEGER, BIGINT): a larger number is a 400.
+Count = Annotated[int, Field(ge=0, le=2**31 - 1, strict=True)]
+ByteSize = Annotated[int, Field(ge=0, le=2**63 - 1, strict=True)]
 StrictFlag = Annotated[bool, Field(strict=True)]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9A-Fa-f]{64}$", to_lower=True)]
 HttpURL = Annotated[str, StringConstraints(pattern=r"^https?://\S+$", max_length=2000)]
@@ -170,7 +172,7 @@ class ImageCreate(RequestBody):
     visibility: Visibility = "private"
     source_url: HttpURL | None = None
     sha256: Sha256 | None = None
-    size: Count | None = None
+    size: ByteSize | None = None
 
 
 class ImagePublic(BaseModel):

@@ -60,6 +60,8 @@ def test_duplicate_flavor_is_409(client):
         ({"cpus": "four"}, "cpus"),
         ({"cpus": "4"}, "cpus"),
         ({"cpus": -1}, "cpus"),
+        ({"cpus": 3226389328403364700348376225415168}, "cpus"),  # found by schemathesis
+        ({"disk_gb": 2**31}, "disk_gb"),
         ({"memory_mb": 1.5}, "memory_mb"),
         ({"name": ""}, "name"),
         ({"name": ["x"]}, "name"),

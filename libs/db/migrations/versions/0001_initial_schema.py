@@ -103,7 +103,7 @@ def upgrade() -> None:
         sa.Column("source_url", sa.String(length=2000), nullable=True),
         sa.Column("file_path", sa.String(length=2000), nullable=True),
         sa.Column("sha256", sa.String(length=64), nullable=True),
-        sa.Column("size", sa.Integer(), nullable=True),
+        sa.Column("size", sa.BigInteger(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["project_id"],

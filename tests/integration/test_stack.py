@@ -418,3 +418,80 @@ def test_the_cli_creates_and_deletes_a_server_against_the_running_api(stack, clo
     assert refused.returncode != 0
     assert "no-such-flavor" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_an_operator_runs_the_estate_with_the_cli(stack, cloud, tmp_path: Path):
+    env = {
+        **os.environ,
+        "TETSU_ENDPOINT": stack.endpoint,
+        "TETSU_TOKEN": stack.admin_token,
+        "TETSU_CLI_CONFIG": str(tmp_path / "cli.toml"),
+        "COLUMNS": "200",
+    }
+
+    def tetsu(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "libs.cli.main", *args],
+            env=env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert "Traceback" not in result.stderr
+        return result
+
+    enrolled = tetsu(
+        "node", "enroll", "cli-node", "--resource-class", "cli", "--cpus", "2",
+        "--memory-mb", "2048", "--disk-gb", "20", "--driver-info", "fake_delay=0.2",
+        "--driver-info", "ipmi_password=cli-secret-pw", "--port", "52:54:00:cc:00:01",
+        "--provide", "--wait",
+    )  # fmt: skip
+    assert enrolled.returncode == 0, enrolled.stdout + enrolled.stderr
+    assert "cli-secret-pw" not in enrolled.stdout + enrolled.stderr
+    nodes = json.loads(tetsu("node", "list", "--format", "json").stdout)
+    node = next(n for n in nodes if n["name"] == "cli-node")
+    assert node["provision_state"] == "available"
+
+    assert tetsu("node", "maintenance", "cli-node", "on", "--reason", "fan").returncode == 0
+    shown = json.loads(tetsu("node", "show", "cli-node", "--format", "json").stdout)
+    assert shown["maintenance"] is True
+    assert shown["maintenance_reason"] == "fan"
+    assert shown["driver_info"]["ipmi_password"] == "******"
+    assert tetsu("node", "maintenance", "cli-node", "off").returncode == 0
+
+    assert tetsu("node", "power", "cli-node", "off").returncode == 0
+    wait_for(
+        lambda: (
+            json.loads(tetsu("node", "show", "cli-node", "--format", "json").stdout)["power_state"]
+            == "power off"
+        ),
+        what="cli-node powered off",
+    )
+
+    image_file = tmp_path / "disk.raw"
+    image_file.write_bytes(IMAGE_BYTES)
+    created = tetsu("image", "create", "cli-image", "--file", str(image_file), "--format", "json")
+    assert created.returncode == 0, created.stderr
+    image = json.loads(created.stdout)
+    assert image["status"] == "active"
+    assert image["sha256"] == hashlib.sha256(IMAGE_BYTES).hexdigest()
+    assert image["size"] == len(IMAGE_BYTES)
+
+    flavor = tetsu("flavor", "create", "cli.small", "--resource-class", "cli", "--cpus", "1",
+                   "--memory-mb", "1024", "--disk-gb", "10")  # fmt: skip
+    assert flavor.returncode == 0, flavor.stderr
+    assert "cli.small" in tetsu("flavor", "list").stdout
+
+    token = tetsu("login", "alice", "--password-stdin", stdin="alice-password\n")
+    assert token.returncode == 0, token.stderr
+    assert tetsu("login", "alice", "--password-stdin", stdin="wrong\n").returncode == 1
+
+    duplicate = tetsu("flavor", "create", "cli.small", "--resource-class", "cli", "--cpus", "1",
+                      "--memory-mb", "1024", "--disk-gb", "10")  # fmt: skip
+    assert duplicate.returncode == 1
+    assert "duplicate" in duplicate.stderr
+
+    assert tetsu("node", "delete", "cli-node").returncode == 0
+    assert "cli-node" not in tetsu("node", "list").stdout

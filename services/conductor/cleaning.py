@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from libs.db import Database, PowerState
+from libs.db import Database, InstanceStatus, PowerState
 from services.netctl.rpcapi import NetworkAPI
 
 from . import callback_tokens, instances, steps
@@ -32,14 +32,20 @@ class Cleaning:
         """The API deletes the node's instance: tear the node down from wherever it is.
 
         Repeats of a tear-down under way are ignored; a deploy waiting for its ramdisk is
-        abandoned; a node never deployed only lets go of its claim.
+        abandoned; a node never deployed only lets go of its claim. The message names no
+        instance: only one the API marked DELETING is torn down, never a later instance
+        the node was given meanwhile (a late or repeated message).
         """
         node = task.node
         if node.provision_state in (S.DELETING, S.CLEANING, S.CLEANWAIT):
             LOG.info("node %s is already being torn down (%s)", node.id, node.provision_state)
             return
-        if node.instance_id is None:
-            # A claim released before this message came: only the instance is left.
+        if (
+            node.instance_id is None
+            or instances.status_of(self.db, node.instance_id) != InstanceStatus.DELETING
+        ):
+            # The message is about an earlier instance (its claim released before the
+            # message came, or its tear-down long over): at most that instance is left.
             instance_id = instances.deleting_on(self.db, node.id)
             if instance_id is not None:
                 instances.mark_deleted(self.db, instance_id)

@@ -116,19 +116,20 @@ class ConductorManager:
         self, node_id: str, token: str, success: bool, message: str | None
     ) -> None:
         """The in-process ramdisk's report: checked like the API checks a callback, then
-        the same :meth:`ramdisk_callback` the API calls."""
+        the same :meth:`ramdisk_callback` the API calls. It runs on the ramdisk's own
+        thread, so every failure is logged here (the callback timeout fails the node)."""
         if self._stopped:
-            return
-        with self.db.session() as session:
-            node = session.get(Node, node_id)
-            info = dict(node.driver_internal_info or {}) if node is not None else {}
-        if not callback_tokens.matches(info, token):
-            LOG.warning("node %s: a ramdisk called back with a token no longer valid", node_id)
             return
         ctxt = RequestContext.admin()
         reset = current_context.set(ctxt)
         deadline = time.monotonic() + RAMDISK_RETRY_FOR
         try:
+            with self.db.session() as session:
+                node = session.get(Node, node_id)
+                info = dict(node.driver_internal_info or {}) if node is not None else {}
+            if not callback_tokens.matches(info, token):
+                LOG.warning("node %s: a ramdisk called back with a token no longer valid", node_id)
+                return
             while True:
                 try:
                     self.ramdisk_callback(ctxt, node_id=node_id, success=success, message=message)
@@ -139,6 +140,8 @@ class ConductorManager:
                         raise
         except TetsuError as exc:
             LOG.warning("node %s: ramdisk callback refused: %s", node_id, exc.reason)
+        except Exception:
+            LOG.exception("node %s: ramdisk callback failed", node_id)
         finally:
             current_context.reset(reset)
 

@@ -115,13 +115,15 @@ class PeriodicTasks:
         """Fail the owned nodes whose work died with its conductor. At start, the work this
         hostname ran before is dead too: nothing of this process runs yet."""
         ring = self.ring()
-        self._live = frozenset(ring.hosts)
         alive = set(ring.hosts)
         if at_start:
             alive.discard(self.hostname)
         else:
             alive.add(self.hostname)
-        return self.takeover.run(ring, alive)
+        failed = self.takeover.run(ring, alive)
+        # Only once it is done: a take-over that failed half-way runs again next check.
+        self._live = ring.hosts
+        return failed
 
     def check_ring(self) -> None:
         """Take over again when conductors came or went since the last look."""

@@ -44,7 +44,8 @@ class TakeOver:
 
     def run(self, ring: HashRing, alive: Set[str]) -> int:
         """Take over the nodes ``ring`` gives this conductor whose worker or lock holder is
-        not in ``alive``. Returns how many nodes were failed."""
+        not in ``alive``, and any node still locked by this hostname when it is not in
+        ``alive`` (at start). Returns how many nodes were failed."""
         ctxt = RequestContext.admin()
         transient = [state.value for state in TRANSIENT_STATES]
         with self.db.session() as session:
@@ -58,7 +59,11 @@ class TakeOver:
             ).all()
         failed = 0
         for node_id, state, reservation in rows:
-            if not ring.hosts or ring.owner(node_id) != self.hostname:
+            owned = bool(ring.hosts) and ring.owner(node_id) == self.hostname
+            # A lock of this hostname that no live work holds (at start) is cleared whoever
+            # owns the node now: its owner sees this hostname alive and leaves it be.
+            stale_own_lock = reservation == self.hostname and reservation not in alive
+            if not owned and not stale_own_lock:
                 continue
             if reservation is not None:
                 if reservation in alive:

@@ -17,10 +17,17 @@ from sqlmodel import col
 from libs.db import Database, Instance, InstanceStatus, Node, TaskState, utcnow
 from services.conductor.states import ProvisionState
 
+#: The states of a node whose conductor has taken up the deploy of its instance.
+DEPLOY_STARTED = (
+    ProvisionState.DEPLOYING.value,
+    ProvisionState.DEPLOYWAIT.value,
+    ProvisionState.ACTIVE.value,
+)
+
 
 class ClaimOutcome(enum.Enum):
     CLAIMED = "claimed"  # the node is the instance's now
-    NODE_TAKEN = "node taken"  # another instance (or a conductor's lock) got there first
+    NODE_TAKEN = "node taken"  # another instance got there first (or it left available)
     INSTANCE_GONE = "instance gone"  # not waiting for a node any more (deleted, scheduled)
 
 
@@ -38,7 +45,6 @@ def claim_node(db: Database, instance_id: str, node_id: str) -> ClaimOutcome:
                 col(Node.instance_id).is_(None),
                 col(Node.provision_state) == ProvisionState.AVAILABLE.value,
                 not_(col(Node.maintenance)),
-                col(Node.reservation).is_(None),
             )
             .values(instance_id=instance_id, updated_at=now)
         )
@@ -66,16 +72,24 @@ def claim_node(db: Database, instance_id: str, node_id: str) -> ClaimOutcome:
 
 def release_claim(db: Database, instance_id: str, node_id: str, fault: dict[str, Any]) -> bool:
     """Undo a claim whose deploy could not be started: the node is free again and the
-    instance, if it still waits on this node, goes to ERROR with ``fault``.
+    instance, if it still waits on this node, goes to ERROR with ``fault``. A node whose
+    deploy started got the cast after all (a publish can fail after the broker took it):
+    its conductor carries on, so both are left alone.
 
     Returns whether the instance went to ERROR.
     """
     with db.session() as session:
-        session.exec(
+        node = session.exec(
             update(Node)
-            .where(col(Node.id) == node_id, col(Node.instance_id) == instance_id)
+            .where(
+                col(Node.id) == node_id,
+                col(Node.instance_id) == instance_id,
+                col(Node.provision_state).not_in(DEPLOY_STARTED),
+            )
             .values(instance_id=None, updated_at=utcnow())
         )
+        if node.rowcount != 1:
+            return False
         instance = session.exec(
             update(Instance)
             .where(

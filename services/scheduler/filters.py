@@ -50,15 +50,15 @@ class PropertiesFilter(NodeFilter):
 
 
 class AvailableFilter(NodeFilter):
-    """The node is offered to users and free: available, not in maintenance, unclaimed and
-    not locked by a conductor (the same conditions the claim checks again)."""
+    """The node is offered to users and free: available, not in maintenance and unclaimed
+    (the same conditions the claim checks again). A conductor's lock does not matter: it
+    is held for moments (a power sync), and the deploy waits for it."""
 
     def clause(self, spec: RequestSpec) -> ColumnElement[bool]:
         return and_(
             col(Node.provision_state) == ProvisionState.AVAILABLE.value,
             not_(col(Node.maintenance)),
             col(Node.instance_id).is_(None),
-            col(Node.reservation).is_(None),
         )
 
 

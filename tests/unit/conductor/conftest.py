@@ -20,6 +20,7 @@ from libs.db import (
     Flavor,
     Image,
     Instance,
+    InstanceStatus,
     Network,
     Node,
     Port,
@@ -233,6 +234,16 @@ class Cloud:
                 instance.attempts = 1
                 session.add(node)
             return instance.id
+
+    def delete_instance(self, instance_id: str) -> None:
+        """What the API does on DELETE of an instance with a node: DELETING, then the cast."""
+        with self.db.session() as session:
+            instance = session.get(Instance, instance_id)
+            assert instance is not None and instance.node_id is not None
+            instance.status = InstanceStatus.DELETING
+            instance.task_state = TaskState.DELETING
+            session.add(instance)
+        self.api.tear_down_node(self.ctxt, instance.node_id)
 
     def add_conductor(self, hostname: str, *, updated_at: datetime | None = None) -> None:
         with self.db.session() as session:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from libs.db import InstanceStatus, PortBinding, PowerState
+from libs.db import Instance, InstanceStatus, PortBinding, PowerState
 from libs.errors import InvalidStateTransition
 from services.conductor import manager as manager_module
 from services.conductor.callback_tokens import TOKEN_HASH_KEY
@@ -108,7 +108,7 @@ def test_tear_down_cleans_the_node_and_deletes_the_instance(cloud: Cloud):
     wait_for(lambda: cloud.instance(instance_id).status == InstanceStatus.ACTIVE, what="ACTIVE")
     cloud.netctl.calls.clear()
 
-    cloud.api.tear_down_node(cloud.ctxt, node_id)
+    cloud.delete_instance(instance_id)
 
     wait_for(lambda: cloud.instance(instance_id).status == InstanceStatus.DELETED, what="DELETED")
     node = cloud.settled(node_id, "available")
@@ -128,12 +128,7 @@ def test_deleting_an_instance_waiting_for_its_ramdisk_abandons_the_deploy(cloud:
     cloud.api.deploy_node(cloud.ctxt, node_id, instance_id)
     wait_for(lambda: cloud.node(node_id).provision_state == "wait call-back", what="waiting")
 
-    with cloud.db.session() as session:  # what the API does on DELETE
-        instance = session.get(type(cloud.instance(instance_id)), instance_id)
-        assert instance is not None
-        instance.status = InstanceStatus.DELETING
-        session.add(instance)
-    cloud.api.tear_down_node(cloud.ctxt, node_id)
+    cloud.delete_instance(instance_id)
 
     # Cleaning waits for the (slow) fake ramdisk too: the node is on its way to available.
     wait_for(lambda: cloud.node(node_id).provision_state == "clean wait", what="clean wait")
@@ -147,7 +142,7 @@ def test_failed_cleaning_after_tear_down_leaves_the_node_clean_failed(cloud: Clo
     cloud.api.deploy_node(cloud.ctxt, node_id, instance_id)
     wait_for(lambda: cloud.instance(instance_id).status == InstanceStatus.ACTIVE, what="ACTIVE")
 
-    cloud.api.tear_down_node(cloud.ctxt, node_id)
+    cloud.delete_instance(instance_id)
 
     node = cloud.settled(node_id, "clean failed")
     assert "secure erase refused" in (node.last_error or "")
@@ -195,3 +190,49 @@ def test_a_callback_for_a_node_not_waiting_is_refused(cloud: Cloud):
     with pytest.raises(InvalidStateTransition, match="not waiting"):
         cloud.api.ramdisk_callback(cloud.ctxt, node_id, True)
     assert cloud.node(node_id).provision_state == "active"
+
+
+@pytest.mark.parametrize(
+    ("state", "status"),
+    [("active", InstanceStatus.ACTIVE), ("available", InstanceStatus.BUILD)],
+)
+def test_a_late_tear_down_leaves_the_nodes_next_instance_alone(
+    cloud: Cloud, state: str, status: InstanceStatus
+):
+    # A tear-down of an earlier instance arrives (late, or again) after the node was
+    # claimed by, or even deployed for, another instance nobody asked to delete.
+    service = cloud.start_conductor()
+    node_id = cloud.make_node(state=state)
+    instance_id = cloud.make_instance(node_id)
+    with cloud.db.session() as session:
+        instance = session.get(Instance, instance_id)
+        assert instance is not None
+        instance.status = status
+        session.add(instance)
+
+    service.manager.tear_down_node(cloud.ctxt, node_id=node_id)
+
+    node = cloud.settled(node_id, state)
+    assert node.instance_id == instance_id
+    assert cloud.instance(instance_id).status == status
+
+
+def test_a_ramdisk_callback_that_fails_unexpectedly_is_logged(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    service = cloud.start_conductor()
+    node_id = cloud.make_node()
+    instance_id = cloud.make_instance(node_id)
+
+    def database_gone(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(service.manager, "ramdisk_callback", database_gone)
+    cloud.api.deploy_node(cloud.ctxt, node_id, instance_id)
+
+    record = wait_for(
+        lambda: next((r for r in caplog.records if "callback failed" in r.getMessage()), None),
+        what="the failure logged",
+    )
+    assert record.getMessage() == f"node {node_id}: ramdisk callback failed"
+    assert record.exc_info is not None and "database went away" in str(record.exc_info[1])

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Set
 from datetime import timedelta
 
+import pytest
+from sqlalchemy.exc import OperationalError
 from sqlmodel import col, update
 
 from libs.db import Conductor, InstanceStatus, utcnow
 from services.conductor import states
+from services.conductor.hashring import HashRing
 from tests.unit.conductor.conftest import HOST, Cloud, wait_for
 
 LONG_AGO = timedelta(hours=1)
@@ -98,3 +102,50 @@ def test_nodes_of_other_live_owners_are_not_touched(cloud: Cloud):
     node = cloud.node(node_id)
     assert node.provision_state == "deploying"
     assert node.reservation == "dead"
+
+
+def test_a_lock_left_by_this_hostname_is_cleared_at_start_whoever_owns_the_node(cloud: Cloud):
+    # The node moved to c2 on the ring while this conductor worked on it; it then crashed
+    # and came back before c2 saw it gone, so c2 still takes the lock for live work.
+    cloud.add_conductor("c2")
+    node_id = cloud.make_node(
+        state="deploying",
+        owner="c2",
+        ring=(HOST, "c2"),
+        reservation=HOST,
+        driver_internal_info={"conductor": HOST},
+    )
+    instance_id = cloud.make_instance(node_id)
+
+    cloud.start_conductor()
+
+    node = cloud.settled(node_id, "deploy failed")
+    assert node.last_error == f"conductor {HOST} died during deploying"
+    wait_for(lambda: cloud.scheduler.reschedules, what="a reschedule")
+    assert cloud.scheduler.reschedules[0]["instance_id"] == instance_id
+
+
+def test_a_take_over_that_failed_half_way_is_tried_again(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+):
+    cloud.add_conductor("c2")
+    node_id = cloud.make_node(
+        state="wait call-back", ring=(HOST, "c2"), driver_internal_info={"conductor": "c2"}
+    )
+    takeover = cloud.start_conductor().manager.periodic.takeover
+    real_run = takeover.run
+    calls: list[int] = []
+
+    def database_hiccup_once(ring: HashRing, alive: Set[str]) -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("UPDATE node ...", {}, Exception("connection reset"))
+        return real_run(ring, alive)
+
+    monkeypatch.setattr(takeover, "run", database_hiccup_once)
+    with cloud.db.session() as session:  # c2 stops: it leaves the ring
+        session.exec(update(Conductor).where(col(Conductor.hostname) == "c2").values(online=False))
+
+    node = cloud.settled(node_id, "deploy failed")
+    assert node.last_error == "conductor c2 died during wait call-back"
+    assert len(calls) >= 2

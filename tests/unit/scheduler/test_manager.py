@@ -62,6 +62,17 @@ def test_the_best_fitting_node_is_claimed_and_deployed(estate, conductor, manage
     assert estate.get_node(fit.id).instance_id == instance.id
 
 
+def test_a_node_a_conductor_is_busy_with_for_a_moment_is_still_claimed(estate, conductor, manager):
+    flavor = estate.flavor()
+    node = estate.node("n1", reservation="cond-1")  # its power being synced right now
+    instance = estate.instance(flavor)
+
+    manager.schedule_instance(CTXT, instance.id)
+
+    wait_for(lambda: conductor.deploys == [(node.id, instance.id)])
+    assert estate.get_instance(instance.id).status == InstanceStatus.BUILD
+
+
 def test_an_instance_gets_a_node_with_a_port_per_network(estate, conductor, manager):
     flavor = estate.flavor()
     estate.node("one-port", ports=1)

@@ -127,7 +127,7 @@ class APIClient:
                 f"the tetsu API at {self.endpoint} did not answer in time",
                 request_id,
             ) from None
-        except (httpx.TransportError, httpx.InvalidURL) as exc:
+        except (httpx.RequestError, httpx.InvalidURL) as exc:
             raise APIError(
                 None,
                 "transport_error",

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from .client import APIClient, APIError, Collection, Resource
 from .session import Runtime
-from .waiting import ServerProgress, ServerWatcher, describe_server, poll
+from .waiting import ServerProgress, ServerWatcher, WaitTimedOut, describe_server, poll
 
 FLAVOR = "bm.demo"
 IMAGE = "demo-image"
@@ -24,7 +24,7 @@ NODE_FAKE_DELAY = 1.0  # seconds each simulated ramdisk run takes: visible progr
 
 
 class DemoFailed(Exception):
-    """The demo instance did not become ACTIVE; the message says why."""
+    """The demo nodes or instance did not get ready in time; the message says why."""
 
 
 def _find_or_create(collection: Collection, name: str, body: Resource) -> Resource:
@@ -36,7 +36,7 @@ def _find_or_create(collection: Collection, name: str, body: Resource) -> Resour
     return collection.create(body)
 
 
-def seed(api: APIClient, *, nodes: int, console: Console) -> None:
+def seed(api: APIClient, *, nodes: int, console: Console, timeout: float = 120.0) -> None:
     """Flavor, image, network and ``nodes`` available fake nodes (idempotent)."""
     _find_or_create(
         api.flavors,
@@ -79,17 +79,23 @@ def seed(api: APIClient, *, nodes: int, console: Console) -> None:
             node = api.nodes.get(node["id"])
         if node["provision_state"] == "manageable":
             api.nodes.set_provision_state(node["id"], "provide")
-    runtime = Runtime()
-    poll(
-        lambda: [n["provision_state"] for n in api.nodes.list() if n["name"].startswith("demo-")],
-        lambda states: f"{states.count('available')} of {nodes} available",
-        lambda states: states.count("available") + states.count("active") >= nodes,
-        what="demo nodes",
-        timeout=120,
-        interval=0.5,
-        runtime=runtime,
-        console=console,
-    )
+    try:
+        poll(
+            lambda: [
+                n["provision_state"] for n in api.nodes.list() if n["name"].startswith("demo-")
+            ],
+            lambda states: f"{states.count('available')} of {nodes} available",
+            lambda states: states.count("available") + states.count("active") >= nodes,
+            what="demo nodes",
+            timeout=timeout,
+            interval=0.5,
+            runtime=Runtime(),
+            console=console,
+        )
+    except WaitTimedOut as exc:
+        raise DemoFailed(
+            f"the demo nodes are not available after {timeout:g} s ({exc.last})"
+        ) from None
 
 
 def deploy(api: APIClient, *, console: Console, timeout: float = 120.0) -> Resource:
@@ -99,17 +105,22 @@ def deploy(api: APIClient, *, console: Console, timeout: float = 120.0) -> Resou
         {"name": "demo-server", "flavor": FLAVOR, "image": IMAGE, "networks": [network["id"]]}
     )
     watcher = ServerWatcher(api, instance["id"])
-    progress: ServerProgress = poll(
-        watcher.fetch,
-        describe_server,
-        lambda p: p.instance.get("status") in {"ACTIVE", "ERROR"},
-        what="server demo-server",
-        timeout=timeout,
-        interval=0.3,
-        runtime=Runtime(),
-        console=console,
-        first=ServerProgress(instance, None),
-    )
+    try:
+        progress: ServerProgress = poll(
+            watcher.fetch,
+            describe_server,
+            lambda p: p.instance.get("status") in {"ACTIVE", "ERROR"},
+            what="server demo-server",
+            timeout=timeout,
+            interval=0.3,
+            runtime=Runtime(),
+            console=console,
+            first=ServerProgress(instance, None),
+        )
+    except WaitTimedOut as exc:
+        raise DemoFailed(
+            f"demo-server is not ACTIVE after {timeout:g} s (still {exc.last})"
+        ) from None
     if progress.instance.get("status") != "ACTIVE":
         raise DemoFailed(f"demo-server ended in ERROR: {progress.instance.get('fault')}")
     return progress.instance

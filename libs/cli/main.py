@@ -119,7 +119,10 @@ def _send(
     timeout: float = 30.0,
 ) -> Any:
     """Run ``send`` with a client on ``target``; an RPC error is printed, exit status 1."""
-    transport = rpc.transport_from_url(url, exchange=exchange)
+    try:
+        transport = rpc.transport_from_url(url, exchange=exchange)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--url'") from None
     try:
         return send(rpc.RPCClient(transport, target, timeout=timeout))
     except rpc.RPCError as exc:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from alembic.util import CommandError
 from pydantic import ValidationError
 from rich.console import Console
 from sqlalchemy.exc import OperationalError
@@ -79,7 +80,10 @@ def db_upgrade(
     with startup_errors():
         settings = CommonSettings()
         setup_logging("db", settings.log_level)
-        upgrade(settings.database_url, revision)
+        try:
+            upgrade(settings.database_url, revision)
+        except CommandError as exc:  # Alembic's: e.g. no such revision
+            raise _fail(f"cannot upgrade to {revision!r}: {exc}") from None
     console.print(f"database at revision {revision}")
 
 

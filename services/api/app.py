@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -16,7 +16,7 @@ from libs.rpc import Transport
 from services.conductor.rpcapi import ConductorAPI
 from services.scheduler.rpcapi import SchedulerAPI
 
-from .deps import DatabaseDep
+from .deps import DatabaseDep, check_parameters
 from .errors import install_error_handlers
 from .middleware import RequestIDMiddleware
 from .routes import ROUTERS
@@ -49,6 +49,7 @@ def create_app(settings: APISettings, db: Database, transport: Transport) -> Fas
         description=DESCRIPTION,
         docs_url="/docs",
         openapi_url="/openapi.json",
+        dependencies=[Depends(check_parameters)],
     )
     app.state.settings = settings
     app.state.db = db

@@ -1,4 +1,5 @@
-"""FastAPI dependencies: the database session, the caller's identity and role checks."""
+"""FastAPI dependencies: the database session, the caller's identity and role checks, and
+the check of every route's path and query parameters."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from services.conductor.rpcapi import ConductorAPI
 from services.scheduler.rpcapi import SchedulerAPI
 
 from .auth import user_for_token
-from .errors import request_id_of
+from .errors import InvalidInput, request_id_of
+from .schemas import unstorable
 from .settings import APISettings
 
 #: The project the bootstrap admin token acts in (created the first time it is used).
@@ -45,6 +47,16 @@ def get_scheduler_api(request: Request) -> SchedulerAPI:
 def get_conductor_api(request: Request) -> ConductorAPI:
     api: ConductorAPI = request.app.state.conductor_api
     return api
+
+
+def check_parameters(request: Request) -> None:
+    """A path or query parameter the database cannot compare (PostgreSQL refuses a NUL
+    character even in a WHERE clause) is a 400 naming it; every route depends on this."""
+    parameters = [*request.path_params.items(), *request.query_params.multi_items()]
+    for name, value in parameters:
+        problem = unstorable(value)
+        if problem is not None:
+            raise InvalidInput(f"{name}: {problem}")
 
 
 SettingsDep = Annotated[APISettings, Depends(get_settings)]

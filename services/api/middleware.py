@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from urllib.parse import quote
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -35,6 +36,12 @@ def request_id_from(scope: Scope) -> str:
                 return candidate
             break
     return new_request_id()
+
+
+def logged_path(scope: Scope) -> str:
+    """The request's path as it can be logged: percent-encoded again, so a ``%0A`` in it
+    cannot start a forged log line (and a NUL or an escape sequence reaches no terminal)."""
+    return quote(scope["path"], safe="/:@!$&'()*+,;=")
 
 
 class RequestIDMiddleware:
@@ -67,7 +74,7 @@ class RequestIDMiddleware:
             await self.app(scope, receive, send_with_id)
         except Exception:
             # Nothing the handlers know: log the traceback here, never send it.
-            ERROR_LOG.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            ERROR_LOG.exception("unhandled error in %s %s", scope["method"], logged_path(scope))
             if response_started:
                 raise
             response = error_response(
@@ -77,5 +84,5 @@ class RequestIDMiddleware:
             await response(scope, receive, send)
         finally:
             millis = (time.perf_counter() - started) * 1000
-            LOG.info("%s %s %d %.1fms", scope["method"], scope["path"], status, millis)
+            LOG.info("%s %s %d %.1fms", scope["method"], logged_path(scope), status, millis)
             current_context.reset(token)

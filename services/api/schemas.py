@@ -1,16 +1,26 @@
 """The API's request and response bodies: Create/Update models in, Public models out.
 
 Request models refuse unknown fields, so a misspelt field is a 400 rather than silently
-ignored. Public models are built from table rows with :meth:`from_row`.
+ignored, and values no database could store (see :func:`unstorable`). Public models are
+built from table rows with :meth:`from_row`.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 from sqlmodel import SQLModel
 
 from libs.db import (
@@ -70,8 +80,49 @@ def mask_driver_info(info: dict[str, Any]) -> dict[str, Any]:
     return {key: MASK if "password" in key.lower() else value for key, value in info.items()}
 
 
+#: How deep objects and lists may nest in a free-form field such as driver_info: far more
+#: than a driver needs, far less than the depth at which the answer's JSON encoder gives up.
+MAX_NESTING = 32
+
+
+def unstorable(value: Any) -> str | None:
+    """Why ``value`` could not be stored and answered again, or None when it can.
+
+    PostgreSQL refuses a NUL character in text and NaN or Infinity in JSON (SQLite takes
+    them, so only production would answer 500). A lone surrogate or a very deep nesting is
+    stored by either, but cannot be encoded in an answer again: every list showing it fails.
+    """
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:  # not recursive: a deep value must not exhaust the stack
+        item, depth = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "must not contain NUL characters"
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return "must be valid Unicode (it contains a lone surrogate)"
+        elif isinstance(item, float) and not math.isfinite(item):
+            return "must be a finite number"
+        elif isinstance(item, dict | list):
+            if depth >= MAX_NESTING:
+                return f"must not nest objects or lists more than {MAX_NESTING} levels deep"
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+    return None
+
+
 class RequestBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        problem = unstorable(value)
+        if problem is not None:
+            raise PydanticCustomError("unstorable", problem)
+        return value
 
 
 class PublicModel(BaseModel):

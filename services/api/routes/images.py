@@ -147,9 +147,17 @@ def _finish_upload(
 
 @router.put("/{image_id}/file")
 async def upload_image_file(
-    image_id: str, request: Request, ctxt: ContextDep, db: DatabaseDep, settings: SettingsDep
+    image_id: str,
+    request: Request,
+    ctxt: ContextDep,
+    session: SessionDep,
+    db: DatabaseDep,
+    settings: SettingsDep,
 ) -> ImagePublic:
     """Upload the image's data as the raw request body (streamed; any size)."""
+    # The token was looked up in this session: end it, so that no connection (and no open
+    # transaction) is held for the minutes a large image takes to arrive.
+    await run_in_threadpool(session.close)
     await run_in_threadpool(_check_upload, db, image_id, ctxt)
     directory = settings.image_dir
     await run_in_threadpool(directory.mkdir, parents=True, exist_ok=True)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from fastapi.testclient import TestClient
+from starlette.types import Message, Receive, Scope, Send
+
+from services.api.app import create_app
 
 from .support import ADMIN, error_of
 
@@ -149,6 +153,33 @@ def test_upload_then_download_an_image(client, alice, settings):
     downloaded = client.get(f"/v1/images/{image['id']}/file", headers=alice.headers)
     assert downloaded.status_code == 200
     assert downloaded.content == data
+
+
+def test_no_database_connection_is_held_while_an_upload_streams_in(
+    settings, db, memory_transport, alice
+):
+    """A large image takes minutes to arrive: the connection (and transaction) that
+    checked the token must not stay checked out of the pool all that time."""
+    app = create_app(settings, db, memory_transport)
+    checked_out: list[int] = []
+
+    async def watched(scope: Scope, receive: Receive, send: Send) -> None:
+        async def receive_and_count() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                checked_out.append(db.engine.pool.checkedout())
+            return message
+
+        await app(scope, receive_and_count, send)
+
+    with TestClient(watched) as client:
+        image = client.post("/v1/images", json={"name": "big"}, headers=alice.headers).json()
+        checked_out.clear()
+        uploaded = client.put(f"/v1/images/{image['id']}/file", content=b"x", headers=alice.headers)
+
+    assert uploaded.status_code == 200
+    assert checked_out
+    assert set(checked_out) == {0}
 
 
 def test_second_upload_is_409_and_keeps_the_first(client, alice):

@@ -65,6 +65,19 @@ def test_an_answer_that_is_not_the_apis_still_becomes_an_api_error():
     assert raised.value.retriable
 
 
+def test_a_body_that_cannot_be_decoded_becomes_an_api_error():
+    def broken_proxy(request):
+        return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"not gzip")
+
+    client = APIClient("http://api", None, transport=httpx.MockTransport(broken_proxy))
+
+    with pytest.raises(APIError) as raised:
+        client.nodes.list()
+
+    assert (raised.value.status, raised.value.code) == (None, "transport_error")
+    assert raised.value.reason.startswith("cannot talk to the tetsu API at http://api: ")
+
+
 def test_a_closed_port_names_the_endpoint():
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))

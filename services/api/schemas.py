@@ -42,6 +42,14 @@ MASK = "******"
 
 UTCDateTime = Annotated[datetime, AfterValidator(as_utc)]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+# Nodes are addressed by name in URLs (/v1/nodes/{name}) and named like hosts: only
+# characters that need no escaping in a path segment.
+NodeName = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._~-]+$"
+    ),
+]
 Reference = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
 ResourceClass = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80)
@@ -297,7 +305,7 @@ class NodePropertiesUpdate(RequestBody):
 
 
 class NodeCreate(RequestBody):
-    name: Name
+    name: NodeName
     resource_class: ResourceClass
     properties: NodeProperties
     power_interface: InterfaceName = "fake"
@@ -308,7 +316,7 @@ class NodeCreate(RequestBody):
 
 
 class NodeUpdate(RequestBody):
-    name: Name | None = None
+    name: NodeName | None = None
     resource_class: ResourceClass | None = None
     properties: NodePropertiesUpdate | None = None
     driver_info: dict[str, Any] | None = Field(

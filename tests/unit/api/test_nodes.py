@@ -64,6 +64,13 @@ def test_show_by_name(client):
     assert client.get("/v1/nodes/rack1-u07", headers=ADMIN).json()["id"] == node["id"]
 
 
+@pytest.mark.parametrize("name", ["rack1/u07", "rack 1", "nœud", "a?b"])
+def test_a_node_name_that_cannot_be_a_url_segment_is_400(client, name):
+    response = client.post("/v1/nodes", json=NODE | {"name": name}, headers=ADMIN)
+    assert response.status_code == 400
+    assert error_of(response)["reason"].startswith("name:")
+
+
 def test_duplicate_node_name_is_409(client):
     make_node(client)
     response = client.post("/v1/nodes", json=NODE, headers=ADMIN)

@@ -14,6 +14,7 @@ from rich.table import Table
 from libs import rpc
 
 from . import demo, flavors, images, login, networks, nodes, ops, ports, projects, servers, users
+from .session import parse_pairs
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
@@ -90,19 +91,6 @@ def demo_server_command(url: UrlOption = DEFAULT_URL) -> None:
     demo.serve(url)
 
 
-def _parse_args(pairs: list[str]) -> dict[str, Any]:
-    args: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise typer.BadParameter(f"{pair!r}: arguments are name=value")
-        try:
-            args[key] = json.loads(raw)
-        except ValueError:
-            args[key] = raw  # a bare word is a string
-    return args
-
-
 TopicArg = Annotated[str, typer.Argument(help="Service topic, e.g. conductor.")]
 MethodArg = Annotated[str, typer.Argument(help="Exposed method name.")]
 ArgsArg = Annotated[list[str] | None, typer.Argument(help="name=value; values are JSON.")]
@@ -144,7 +132,7 @@ def rpc_call(
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait.")] = 30.0,
 ) -> None:
     """Call METHOD on TOPIC and print the result as JSON."""
-    kwargs = _parse_args(args or [])
+    kwargs = parse_pairs(args, "ARGS")
     result = _send(
         url,
         exchange,
@@ -167,7 +155,7 @@ def rpc_cast(
     exchange: ExchangeOption = "tetsu",
 ) -> None:
     """Cast METHOD to TOPIC (returns once the broker has it)."""
-    kwargs = _parse_args(args or [])
+    kwargs = parse_pairs(args, "ARGS")
     target = rpc.Target(topic, server=server, fanout=fanout, version=version)
     _send(
         url,

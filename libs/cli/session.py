@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -104,14 +104,14 @@ def connect(
         raise fail(str(exc)) from None
 
 
-def parse_pairs(pairs: list[str] | None, option: str) -> dict[str, object]:
-    """``key=value`` words as a dict; values are JSON when they parse as JSON (``623``,
-    ``true``), else strings, as in ``tetsu rpc call``."""
-    values: dict[str, object] = {}
+def parse_pairs(pairs: list[str] | None, option: str) -> dict[str, Any]:
+    """``name=value`` words as a dict; values are JSON when they parse as JSON (``623``,
+    ``true``), else strings (driver info, ``tetsu rpc call`` arguments)."""
+    values: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise typer.BadParameter(f"{pair!r} is not key=value", param_hint=option)
+            raise typer.BadParameter(f"{pair!r} is not name=value", param_hint=option)
         try:
             values[key] = json.loads(raw)
         except ValueError:

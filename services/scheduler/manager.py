@@ -11,9 +11,12 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterable, Sequence
+from datetime import timedelta
+
+from sqlmodel import col, select
 
 from libs import rpc
-from libs.db import Database, Flavor, Instance, InstanceStatus
+from libs.db import Database, Flavor, Instance, InstanceStatus, utcnow
 from libs.errors import NoValidHost, ServiceUnavailable, TetsuError
 from services.conductor.rpcapi import ConductorAPI
 
@@ -81,6 +84,39 @@ class SchedulerManager:
             return
         LOG.info("instance %s: rescheduling (%s)", instance_id, failures)
         self._schedule(ctxt, spec, history=f" ({failures})")
+
+    def schedule_stranded(self, ctxt: rpc.RequestContext) -> int:
+        """Schedule again every BUILD instance that has waited without a node for longer
+        than ``stranded_after`` (its request or reschedule was lost); returns how many.
+
+        Safe beside the normal path and other schedulers: the claim only succeeds while
+        the instance still waits, so a request that arrives late changes nothing.
+        """
+        since = utcnow() - timedelta(seconds=self.settings.stranded_after)
+        with self.db.session() as session:
+            stranded = session.exec(
+                select(Instance.id).where(
+                    col(Instance.status) == InstanceStatus.BUILD,
+                    col(Instance.node_id).is_(None),
+                    col(Instance.updated_at) < since,
+                )
+            ).all()
+        for instance_id in stranded:
+            waiting = self._waiting_instance(instance_id)
+            if waiting is None:
+                continue
+            instance, spec = waiting
+            LOG.warning(
+                "instance %s waited %.0f s or more without a node: scheduling it again",
+                instance_id,
+                self.settings.stranded_after,
+            )
+            if instance.attempts >= self.settings.max_attempts:
+                message = f"deploy failed on {len(spec.excluded_node_ids)} node(s)"
+                fail_instance(self.db, instance_id, {"code": DEPLOY_FAILED, "message": message})
+                continue
+            self._schedule(ctxt, spec)
+        return len(stranded)
 
     def _waiting_instance(
         self, instance_id: str, *, also_excluded: Iterable[str] = ()

@@ -6,12 +6,17 @@ keeps them from handing one node to two instances.
 
 from __future__ import annotations
 
+import logging
+import threading
+
 from libs import rpc
 from libs.db import Database
 
 from .manager import SchedulerManager
 from .rpcapi import TOPIC
 from .settings import SchedulerSettings
+
+LOG = logging.getLogger(__name__)
 
 
 class SchedulerService:
@@ -25,9 +30,31 @@ class SchedulerService:
             workers=settings.workers,
         )
 
+        self._stop = threading.Event()
+        self._periodic: threading.Thread | None = None
+
     def start(self) -> None:
         self.server.start()
+        self._stop.clear()
+        self._periodic = threading.Thread(
+            target=self._look_for_stranded, name="scheduler-stranded", daemon=True
+        )
+        self._periodic.start()
 
     def stop(self) -> None:
         """Take no new request; the ones being handled finish first."""
+        self._stop.set()
+        if self._periodic is not None:
+            self._periodic.join(timeout=30)
         self.server.stop()
+
+    def _look_for_stranded(self) -> None:
+        while not self._stop.wait(self.settings.stranded_check_interval):
+            ctxt = rpc.RequestContext.admin()
+            token = rpc.current_context.set(ctxt)
+            try:
+                self.manager.schedule_stranded(ctxt)
+            except Exception:
+                LOG.exception("looking for stranded instances failed; trying again later")
+            finally:
+                rpc.current_context.reset(token)

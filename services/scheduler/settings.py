@@ -17,3 +17,12 @@ class SchedulerSettings(CommonSettings):
         default=3, ge=1, description="Nodes tried for one instance before it goes to ERROR"
     )
     workers: int = Field(default=8, ge=1, description="Requests handled at once")
+    stranded_after: float = Field(
+        default=120.0,
+        gt=0,
+        description="Seconds a BUILD instance may wait without a node before a scheduler "
+        "schedules it again (its request was lost, e.g. a cast that never arrived)",
+    )
+    stranded_check_interval: float = Field(
+        default=30.0, gt=0, description="Seconds between looks for such stranded instances"
+    )

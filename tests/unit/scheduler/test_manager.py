@@ -6,13 +6,14 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Sequence
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import update
 from sqlmodel import col, select
 
 from libs import rpc
-from libs.db import Database, Instance, InstanceStatus, Node, TaskState
+from libs.db import Database, Instance, InstanceStatus, Node, TaskState, utcnow
 from services.scheduler.filters import Candidate
 from services.scheduler.manager import SchedulerManager
 from services.scheduler.request import RequestSpec
@@ -320,5 +321,59 @@ def test_the_service_schedules_what_the_api_casts(
     try:
         SchedulerAPI(memory_transport).schedule_instance(CTXT, instance.id)
         wait_for(lambda: conductor.deploys == [(node.id, instance.id)])
+    finally:
+        service.stop()
+
+
+def _age(db: Database, instance_id: str, seconds: float) -> None:
+    with db.session() as session:
+        session.exec(
+            update(Instance)
+            .where(col(Instance.id) == instance_id)
+            .values(updated_at=utcnow() - timedelta(seconds=seconds))
+        )
+
+
+def test_an_instance_whose_request_was_lost_is_scheduled_again(estate, conductor, manager, db):
+    flavor = estate.flavor()
+    node = estate.node("n1")
+    lost = estate.instance(flavor, name="lost")
+    fresh = estate.instance(flavor, name="fresh")  # its request may still be on its way
+    _age(db, lost.id, manager.settings.stranded_after + 5)
+
+    assert manager.schedule_stranded(CTXT) == 1
+
+    wait_for(lambda: conductor.deploys == [(node.id, lost.id)])
+    assert estate.get_instance(fresh.id).node_id is None
+
+
+def test_a_stranded_instance_out_of_attempts_goes_to_error(estate, conductor, manager, db):
+    flavor = estate.flavor()
+    nodes = [estate.node(f"n{i}") for i in range(4)]
+    instance = estate.instance(flavor, attempts=3, failed_node_ids=[n.id for n in nodes[:3]])
+    _age(db, instance.id, manager.settings.stranded_after + 5)
+
+    manager.schedule_stranded(CTXT)
+
+    failed = estate.get_instance(instance.id)
+    assert failed.status == InstanceStatus.ERROR
+    assert failed.fault == {"code": "deploy_failed", "message": "deploy failed on 3 node(s)"}
+    assert conductor.deploys == []
+
+
+def test_the_service_looks_for_stranded_instances_on_its_own(
+    estate, conductor, db, memory_transport
+):
+    flavor = estate.flavor()
+    node = estate.node("n1")
+    lost = estate.instance(flavor, name="lost")
+    _age(db, lost.id, 60)
+    settings = SchedulerSettings(
+        hostname="sched-2", stranded_after=30, stranded_check_interval=0.1, workers=1
+    )
+    service = SchedulerService(settings, db, memory_transport)
+    service.start()
+    try:
+        wait_for(lambda: conductor.deploys == [(node.id, lost.id)])
     finally:
         service.stop()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from libs.cli.processes import pool_size_for
 from libs.db import Database, upgrade
 from libs.rpc import MemoryTransport
 from services.api.service import APIService
@@ -52,36 +53,26 @@ class AllInOne:
         self.database_url = f"sqlite:///{state_dir.resolve() / 'tetsu.db'}"
         self.token = admin_token(state_dir)
         upgrade(self.database_url)
-        self.db = Database(self.database_url)
-        self.transport = MemoryTransport()
         url, bus = self.database_url, "memory://"
-        self.netctl = NetctlService(
-            NetctlSettings(database_url=url, transport_url=bus, hostname=HOSTNAME),
-            self.db,
-            self.transport,
+        netctl = NetctlSettings(database_url=url, transport_url=bus, hostname=HOSTNAME)
+        conductor = ConductorSettings(database_url=url, transport_url=bus, hostname=HOSTNAME)
+        scheduler = SchedulerSettings(database_url=url, transport_url=bus, hostname=HOSTNAME)
+        api = APISettings(
+            database_url=url,
+            transport_url=bus,
+            host=host,
+            port=port,
+            admin_token=SecretStr(self.token),
+            image_dir=state_dir.resolve() / "images",
         )
-        self.conductor = ConductorService(
-            ConductorSettings(database_url=url, transport_url=bus, hostname=HOSTNAME),
-            self.db,
-            self.transport,
-        )
-        self.scheduler = SchedulerService(
-            SchedulerSettings(database_url=url, transport_url=bus, hostname=HOSTNAME),
-            self.db,
-            self.transport,
-        )
-        self.api = APIService(
-            APISettings(
-                database_url=url,
-                transport_url=bus,
-                host=host,
-                port=port,
-                admin_token=SecretStr(self.token),
-                image_dir=state_dir.resolve() / "images",
-            ),
-            self.db,
-            self.transport,
-        )
+        # One pool for the threads of all four services.
+        pool_size = pool_size_for(netctl, conductor, scheduler, api)
+        self.db = Database(self.database_url, pool_size=pool_size)
+        self.transport = MemoryTransport()
+        self.netctl = NetctlService(netctl, self.db, self.transport)
+        self.conductor = ConductorService(conductor, self.db, self.transport)
+        self.scheduler = SchedulerService(scheduler, self.db, self.transport)
+        self.api = APIService(api, self.db, self.transport)
 
     @property
     def endpoint(self) -> str:

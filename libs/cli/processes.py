@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 
 from libs.config import CommonSettings
 from libs.db import Database, upgrade
+from libs.db.engine import DEFAULT_POOL_SIZE
 from libs.log import setup_logging
 from libs.rpc import Transport, transport_from_url
 from libs.rpc.transports import safe_url
@@ -100,7 +101,7 @@ def run_service(name: ServiceName, *, migrate: bool = False) -> None:
     setup_logging(name.value, settings.log_level)
     if migrate:
         upgrade(settings.database_url)
-    db = Database(settings.database_url)
+    db = Database(settings.database_url, pool_size=pool_size_for(settings))
     db.check()
     transport = transport_from_url(settings.transport_url)
     service = kind.build(settings, db, transport)
@@ -119,6 +120,17 @@ def run_service(name: ServiceName, *, migrate: bool = False) -> None:
         transport.close()
         db.dispose()
         LOG.info("%s stopped", name.value)
+
+
+def pool_size_for(*services: CommonSettings) -> int:
+    """Database connections for a process running these services: two per worker (an RPC
+    handler and the node task it starts) and a few for periodic jobs and timers (the pool's
+    overflow covers bursts); the default for a service without workers (the API)."""
+    total = 0
+    for settings in services:
+        workers = getattr(settings, "workers", None)
+        total += DEFAULT_POOL_SIZE if workers is None else 2 * int(workers) + 4
+    return total
 
 
 def _safe_db_url(url: str) -> str:

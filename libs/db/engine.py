@@ -11,23 +11,36 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, create_engine
 
+#: Connections a pool keeps open; a service with many threads asks for more.
+DEFAULT_POOL_SIZE = 10
 
-def make_engine(url: str, *, echo: bool = False) -> Engine:
-    """An engine for ``url`` (``postgresql+psycopg://...`` or ``sqlite:///path``).
+#: Connections a pool may open beyond its size when every kept one is in use.
+MAX_OVERFLOW = 20
+
+
+def make_engine(url: str, *, echo: bool = False, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
+    """An engine for ``url`` (``postgresql+psycopg://...`` or ``sqlite:///path``) whose
+    pool keeps ``pool_size`` connections: as many as the threads that use it at once, or
+    they wait for one.
 
     SQLite is the embedded default: several threads share it (check_same_thread off), it
     runs in WAL mode so readers do not block the writer, and a writer waits for a lock
-    instead of failing at once. ``sqlite://`` (in memory) keeps one connection for all.
+    instead of failing at once. ``sqlite://`` (in memory) keeps one connection for all:
+    for tests only, no service default uses it.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         options: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
         if parsed.database in (None, "", ":memory:"):
             options["poolclass"] = StaticPool
+        else:
+            options.update(pool_size=pool_size, max_overflow=MAX_OVERFLOW)
         engine = create_engine(url, echo=echo, **options)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(
+        url, echo=echo, pool_pre_ping=True, pool_size=pool_size, max_overflow=MAX_OVERFLOW
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -45,9 +58,9 @@ class SchemaMissing(RuntimeError):
 class Database:
     """An engine plus short-lived sessions: ``with db.session() as s: ...`` commits on exit."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, pool_size: int = DEFAULT_POOL_SIZE) -> None:
         self.url = url
-        self.engine = make_engine(url, echo=echo)
+        self.engine = make_engine(url, echo=echo, pool_size=pool_size)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -52,7 +52,7 @@ class Cleaning:
             return
         if node.provision_state == S.DEPLOYWAIT:
             callback_tokens.revoke(node)
-            node.last_error = "deploy aborted: the instance was deleted"
+            steps.set_last_error(task, "deploy aborted: the instance was deleted")
             task.process_event(Event.FAIL)
         if node.provision_state in (S.ACTIVE, S.DEPLOYFAIL, S.ERROR):
             task.process_event(Event.DELETE)
@@ -98,6 +98,8 @@ class Cleaning:
         deleting shows ERROR, one whose disk could not be wiped is DELETED all the same
         (the user asked for it gone; the node now waits for an operator)."""
         node = task.node
+        # The reason also goes to the log and the instance's fault.
+        reason = steps.mask_secrets(reason, node.driver_info)
         LOG.error("%s of node %s failed: %s", node.provision_state, node.id, reason)
         was_deleting = node.provision_state == S.DELETING
         instance_id = steps.fail_node(task, self.network, reason)
@@ -160,5 +162,5 @@ class Cleaning:
         if instance_id is not None:
             instances.mark_deleted(self.db, instance_id)
         node.instance_id = None
-        node.last_error = None
+        steps.set_last_error(task, None)
         task.process_event(Event.DONE)

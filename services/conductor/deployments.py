@@ -89,6 +89,8 @@ class Deployments:
         """Deploy failed: node ``deploy failed`` with ``reason``, quiesced, its claim
         released, and the instance back to the scheduler (unless deleted meanwhile)."""
         node = task.node
+        # The reason also goes to the log, the scheduler and the instance's fault.
+        reason = steps.mask_secrets(reason, node.driver_info)
         LOG.error("deploy on node %s failed: %s", node.id, reason)
         instance_id = steps.fail_node(task, self.network, reason)
         if instance_id is not None:
@@ -164,7 +166,7 @@ class Deployments:
             step = "reboot"
             steps.reboot(task)
             step = "finishing"
-            node.last_error = None
+            steps.set_last_error(task, None)
             task.process_event(Event.DONE)
         except Exception as exc:
             self.fail(task, f"{step} failed: {steps.reason_of(exc)}")

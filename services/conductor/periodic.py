@@ -1,5 +1,6 @@
 """A conductor's periodic work, each on a thread of its own until stopped: the heartbeat,
-take-over when the ring changes, the power-state sync, and ramdisk callback timeouts.
+take-over when the ring changes, the power-state sync, ramdisk callback timeouts, and
+the re-drive of stranded work (``redrive.py``).
 
 Only nodes this conductor owns on the hash ring are visited, and only ones nobody has
 locked: a busy node is simply looked at next time.
@@ -23,6 +24,7 @@ from . import power
 from .cleaning import Cleaning
 from .deployments import Deployments
 from .hashring import HashRing
+from .redrive import Redrive
 from .rpcapi import live_conductors
 from .settings import ConductorSettings
 from .states import ProvisionState
@@ -50,6 +52,7 @@ class PeriodicTasks:
         self.deployments = deployments
         self.cleaning = cleaning
         self.takeover = TakeOver(db, self.hostname, tasks, deployments, cleaning)
+        self.redrive = Redrive(settings, db, tasks, deployments, cleaning, self.takeover)
         self._live: frozenset[str] | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -64,6 +67,7 @@ class PeriodicTasks:
             ("heartbeat", settings.heartbeat_interval, self.heartbeat),
             ("ring check", settings.check_interval, self.check_ring),
             ("callback timeouts", settings.check_interval, self.check_callback_timeouts),
+            ("re-drive", settings.check_interval, self.redrive_stranded_work),
             ("power sync", settings.power_sync_interval, self.sync_power_states),
         ]
         for name, interval, job in jobs:
@@ -150,6 +154,12 @@ class PeriodicTasks:
                     power.sync_power_state(task)
             except (NodeLocked, NotFound):
                 continue
+
+    def redrive_stranded_work(self) -> int:
+        """Start the owned nodes' deploys and tear-downs whose messages never came, and
+        fail the work that ended without an outcome. Returns how many nodes it drove."""
+        ctxt = current_context.get() or RequestContext.admin()
+        return self.redrive.run(self.ring(), ctxt)
 
     def check_callback_timeouts(self) -> None:
         """Fail the owned nodes that waited for their ramdisk longer than callback_timeout."""

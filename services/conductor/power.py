@@ -18,9 +18,9 @@ LOG = logging.getLogger(__name__)
 REBOOT = "reboot"
 POWER_TARGETS = (PowerState.ON.value, PowerState.OFF.value, REBOOT)
 
-#: driver_internal_info flag: last_error holds a failed sync's reason (cleared by the
-#: next sync that reads the power state).
-SYNC_FAILED_KEY = "power_sync_failed"
+#: How every last_error of the power-state sync begins: the sync clears only an error it
+#: wrote itself, and overwrites none but its own (a deploy's failure reason must stay).
+SYNC_ERROR_PREFIX = "power state sync: "
 
 S = ProvisionState
 
@@ -49,11 +49,11 @@ def _apply_power(task: Task, target: str) -> None:
             steps.reboot(task)
         else:
             steps.set_power(task, PowerState(target))
-        node.last_error = None
+        steps.set_last_error(task, None)
     except Exception as exc:
-        node.last_error = f"{target} failed: {steps.reason_of(exc)}"
+        error = steps.set_last_error(task, f"{target} failed: {steps.reason_of(exc)}")
         node.target_power_state = None
-        LOG.error("node %s: %s", node.id, node.last_error)
+        LOG.error("node %s: %s", node.id, error)
     task.save()
 
 
@@ -72,31 +72,38 @@ def _manage(task: Task) -> None:
         node.power_state = task.driver.power.get_power_state(task)
     except Exception as exc:
         reason = steps.reason_of(exc)
-        node.last_error = f"cannot manage the node: reading its power state failed: {reason}"
-        LOG.error("node %s: %s", node.id, node.last_error)
+        error = steps.set_last_error(
+            task, f"cannot manage the node: reading its power state failed: {reason}"
+        )
+        LOG.error("node %s: %s", node.id, error)
         task.save()
         return
-    node.last_error = None
-    node.driver_internal_info.pop(SYNC_FAILED_KEY, None)
+    steps.set_last_error(task, None)
     task.process_event(Event.MANAGE)
 
 
 def sync_power_state(task: Task) -> None:
-    """Record the power state the hardware reports; a failure goes to last_error."""
+    """Record the power state the hardware reports. A failure to read it goes to
+    last_error unless that holds another error (which says more, e.g. why a deploy failed);
+    the sync's own error is cleared once a read works again."""
     node = task.node
+    own_error = node.last_error is None or node.last_error.startswith(SYNC_ERROR_PREFIX)
     try:
         state = task.driver.power.get_power_state(task)
     except Exception as exc:
-        reason = f"power state sync failed: {steps.reason_of(exc)}"
-        if node.last_error != reason:
-            LOG.warning("node %s: %s", node.id, reason)
-        node.last_error = reason
-        node.driver_internal_info[SYNC_FAILED_KEY] = True
-        task.save()
+        error = steps.mask_secrets(
+            f"{SYNC_ERROR_PREFIX}reading the power state failed: {steps.reason_of(exc)}",
+            node.driver_info,
+        )
+        if node.last_error != error:
+            LOG.warning("node %s: %s", node.id, error)
+        if own_error:
+            steps.set_last_error(task, error)
+            task.save()
         return
     if state != node.power_state:
         LOG.info("node %s: power state %s -> %s (sync)", node.id, node.power_state, state.value)
         node.power_state = state
-    if node.driver_internal_info.pop(SYNC_FAILED_KEY, None):
-        node.last_error = None
+    if own_error:
+        steps.set_last_error(task, None)
     task.save()

@@ -27,7 +27,17 @@ class ConductorSettings(CommonSettings):
         description="Seconds to wait for the deploy ramdisk's callback before failing",
     )
     check_interval: float = Field(
-        default=5.0, gt=0, description="Seconds between checks for timed-out callbacks"
+        default=5.0,
+        gt=0,
+        description="Seconds between checks for timed-out callbacks and stranded work",
+    )
+    redrive_after: float = Field(
+        default=120.0,
+        gt=0,
+        description=(
+            "Seconds a claimed node or a deleted instance waits for its deploy or tear-down "
+            "to start before the node's conductor starts it (a lost message)"
+        ),
     )
     enabled_power_interfaces: list[str] = Field(
         default=["fake"], description="Power interfaces nodes may use (JSON list in the env)"

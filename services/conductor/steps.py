@@ -1,12 +1,13 @@
 """The hardware and network steps that deploy and cleaning are made of, how both resume
 on the ramdisk's callback and fail, and how a failed step is described in
-``Node.last_error``.
+``Node.last_error`` (the one writer of that column: :func:`set_last_error`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from libs.db import PowerState
 from libs.errors import TetsuError
@@ -21,14 +22,50 @@ from .task_manager import Task
 LOG = logging.getLogger(__name__)
 
 
+#: driver_info keys whose values are credentials: a key containing any of these words.
+SECRET_KEY_WORDS = ("password", "secret", "token", "key")
+
+#: Shorter values are not masked: replacing "1" or "on" everywhere would mangle the text
+#: and hide nothing worth hiding.
+MIN_SECRET_LENGTH = 4
+
+MASK = "***"
+
+
 def reason_of(exc: BaseException) -> str:
-    """The human reason of a failure, for last_error (our errors carry one; drivers never
-    put credentials in theirs, and RPC errors mask URLs)."""
+    """The human reason of a failure (our errors carry one, RPC errors mask URLs). It may
+    quote what a BMC or a library said, credentials included: :func:`mask_secrets` it
+    before it leaves the conductor."""
     if isinstance(exc, TetsuError):
         return exc.reason
     if isinstance(exc, RPCError):
         return f"{type(exc).__name__}: {exc}"
     return f"unexpected {type(exc).__name__}: {exc}"
+
+
+def mask_secrets(text: str, driver_info: Mapping[str, Any]) -> str:
+    """``text`` with every credential of ``driver_info`` in it replaced by ``***``."""
+    secrets = {
+        str(value)
+        for key, value in driver_info.items()
+        if any(word in key.lower() for word in SECRET_KEY_WORDS)
+        and isinstance(value, str | int)
+        and not isinstance(value, bool)
+        and len(str(value)) >= MIN_SECRET_LENGTH
+    }
+    # Longest first, so a secret containing another is masked whole.
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text
+
+
+def set_last_error(task: Task, error: str | None) -> str | None:
+    """Set the node's last_error (not saved yet) to ``error`` with the node's credentials
+    masked: a driver's error text may quote them, and last_error is shown to operators.
+    Returns what was set, for the log."""
+    node = task.node
+    node.last_error = None if error is None else mask_secrets(error, node.driver_info)
+    return node.last_error
 
 
 def validate_interfaces(task: Task) -> None:
@@ -85,7 +122,7 @@ def fail_node(task: Task, network: NetworkAPI, reason: str) -> str | None:
     node = task.node
     instance_id = node.instance_id
     callback_tokens.revoke(node)
-    node.last_error = reason
+    set_last_error(task, reason)
     node.instance_id = None
     task.process_event(Event.FAIL)
     quiesce(task, network)
@@ -116,17 +153,30 @@ def quiesce(task: Task, network: NetworkAPI) -> None:
     """After a failure, leave the node harmless as far as possible: powered off, without
     ramdisk boot files, cut off from every network. Each step's failure is only logged:
     last_error already holds the reason that matters."""
-    node_id = task.node.id
+    node = task.node
     try:
         set_power(task, PowerState.OFF)
     except Exception as exc:
-        LOG.warning("node %s: power off after a failure failed: %s", node_id, reason_of(exc))
+        LOG.warning(
+            "node %s: power off after a failure failed: %s",
+            node.id,
+            mask_secrets(reason_of(exc), node.driver_info),
+        )
     try:
         task.driver.boot.clean_up_ramdisk(task)
     except Exception as exc:
-        LOG.warning("node %s: ramdisk clean-up after a failure failed: %s", node_id, reason_of(exc))
+        LOG.warning(
+            "node %s: ramdisk clean-up after a failure failed: %s",
+            node.id,
+            mask_secrets(reason_of(exc), node.driver_info),
+        )
     for port in task.ports:
         try:
             network.unbind_port(task.context, port.id)
         except Exception as exc:
-            LOG.warning("node %s: unbinding port %s failed: %s", node_id, port.id, reason_of(exc))
+            LOG.warning(
+                "node %s: unbinding port %s failed: %s",
+                node.id,
+                port.id,
+                mask_secrets(reason_of(exc), node.driver_info),
+            )

@@ -87,12 +87,14 @@ class TakeOver:
                     return False  # its work moved on meanwhile
                 reason = f"conductor {worker or holder or 'unknown'} died during {state}"
                 LOG.warning("node %s: %s; failing it", node_id, reason)
-                task.spawn_after(self._fail, ProvisionState(state), reason)
+                task.spawn_after(self.fail, ProvisionState(state), reason)
                 return True
         except (NodeLocked, NotFound):
             return False  # someone is working on it after all, or it is gone
 
-    def _fail(self, task: Task, state: ProvisionState, reason: str) -> None:
+    def fail(self, task: Task, state: ProvisionState, reason: str) -> None:
+        """Fail the task's node, whose work in the transient ``state`` is gone, the way
+        that work fails (:data:`FAIL_ON_TAKEOVER`): a deploy's instance is rescheduled."""
         target = FAIL_ON_TAKEOVER[state]
         # Each workflow's own failure handling, which moves the node to that same state.
         if target == ProvisionState.DEPLOYFAIL:

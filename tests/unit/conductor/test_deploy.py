@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from libs.db import Instance, InstanceStatus, PortBinding, PowerState
@@ -85,6 +87,31 @@ def test_deploy_on_a_node_with_a_broken_driver_fails_with_the_reason(cloud: Clou
     wait_for(lambda: cloud.scheduler.reschedules, what="a reschedule")
     node = cloud.settled(node_id, "deploy failed")
     assert node.last_error == "power off failed: BMC 10.0.0.9 unreachable"
+
+
+def test_a_failed_deploy_never_shows_the_bmc_password(
+    cloud: Cloud, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.DEBUG)
+    password = "Sup3r-s3cret"
+    cloud.start_conductor()
+    node_id = cloud.make_node(
+        driver_info={
+            "ipmi_username": "admin",
+            "ipmi_password": password,
+            "fake_power_error": f"ipmitool -U admin -P {password}: session refused",
+        }
+    )
+    instance_id = cloud.make_instance(node_id)
+
+    cloud.api.deploy_node(cloud.ctxt, node_id, instance_id)
+
+    wait_for(lambda: cloud.scheduler.reschedules, what="a reschedule")
+    node = cloud.settled(node_id, "deploy failed")
+    assert node.last_error == "power off failed: ipmitool -U admin -P ***: session refused"
+    # Nor does the reason the scheduler gets (it may end up in the instance's fault).
+    assert cloud.scheduler.reschedules[0]["reason"] == node.last_error
+    assert password not in caplog.text
 
 
 def test_a_repeated_deploy_request_is_ignored(cloud: Cloud):

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+
+import pytest
 from sqlmodel import select
 
-from libs.db import Conductor, as_utc
+from libs.db import Conductor, PowerState, as_utc
+from services.conductor import drivers
+from services.conductor.drivers import InterfaceKind
+from services.conductor.drivers.fake import FakePower
 from services.conductor.rpcapi import live_conductors
+from services.conductor.task_manager import Task
 from tests.unit.conductor.conftest import HOST, Cloud, wait_for
 
 
@@ -24,16 +31,46 @@ def test_a_started_conductor_heartbeats_and_owns_nodes(cloud: Cloud):
     wait_for(lambda: as_utc(conductor_row(cloud).updated_at) > first, what="a second beat")
 
 
-def test_stop_finishes_running_work_and_leaves_the_ring(cloud: Cloud):
-    service = cloud.start_conductor()
-    node_id = cloud.make_node(state="manageable")
-    cloud.api.do_provisioning_action(cloud.ctxt, node_id, "provide")
-    wait_for(lambda: cloud.node(node_id).provision_state == "clean wait", what="clean wait")
+class BlockingPower(FakePower):
+    """Fake power whose power-off waits for the test: a step that holds the node's lock."""
 
-    service.stop(timeout=5.0)
+    entered = threading.Event()
+    release = threading.Event()
+
+    def set_power_state(self, task: Task, state: PowerState) -> None:
+        if state == PowerState.OFF:
+            type(self).entered.set()
+            if not type(self).release.wait(10.0):
+                raise AssertionError("the test never released the power-off")
+        super().set_power_state(task, state)
+
+
+def test_stop_finishes_running_work_and_leaves_the_ring(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setitem(drivers._registry, InterfaceKind.POWER, {"fake": FakePower})
+    drivers.register(InterfaceKind.POWER, "blocking", BlockingPower)
+    monkeypatch.setattr(BlockingPower, "entered", threading.Event())
+    monkeypatch.setattr(BlockingPower, "release", threading.Event())
+    service = cloud.start_conductor(enabled_power_interfaces=["fake", "blocking"])
+    node_id = cloud.make_node(state="manageable", power_interface="blocking")
+    cloud.api.do_provisioning_action(cloud.ctxt, node_id, "provide")
+    assert BlockingPower.entered.wait(5.0), "cleaning never reached its power-off"
+    assert cloud.node(node_id).reservation == HOST  # the step holds the lock
+
+    stopper = threading.Thread(target=service.stop, kwargs={"timeout": 5.0})
+    stopper.start()
+    stopper.join(0.3)
+    assert stopper.is_alive(), "stop returned while a step was still running"
+    BlockingPower.release.set()
+    stopper.join(5.0)
+    assert not stopper.is_alive()
     cloud.services.remove(service)
 
     assert conductor_row(cloud).online is False
     assert live_conductors(cloud.db, 5.0) == []
     node = cloud.node(node_id)
+    # The step went on to the end of its work: the ramdisk was started and waited for.
+    assert node.provision_state == "clean wait"
+    assert node.power_state == PowerState.ON
     assert node.reservation is None  # no lock left behind

@@ -1,0 +1,32 @@
+"""How a failure is described: credentials of the node never get into the text."""
+
+from __future__ import annotations
+
+from services.conductor.steps import mask_secrets
+
+
+def test_every_credential_of_the_node_is_masked():
+    driver_info = {
+        "ipmi_address": "10.0.0.9",
+        "ipmi_username": "admin",
+        "ipmi_password": "hunter22",
+        "redfish_Secret": "s3cr3t-value",
+        "api_token": 12345678,
+        "ssh_key": "AAAAB3Nza",
+    }
+    text = "admin@10.0.0.9 with hunter22, s3cr3t-value, 12345678 and AAAAB3Nza refused"
+
+    assert mask_secrets(text, driver_info) == "admin@10.0.0.9 with ***, ***, *** and *** refused"
+
+
+def test_a_secret_containing_another_is_masked_whole():
+    driver_info = {"password": "open", "bmc_password": "open-sesame"}
+
+    assert mask_secrets("said open-sesame, then open", driver_info) == "said ***, then ***"
+
+
+def test_short_and_non_text_values_are_left_alone():
+    driver_info = {"password": "on", "key_count": True, "token": None, "port_key": [1, 2]}
+    text = "power on failed: True None [1, 2]"
+
+    assert mask_secrets(text, driver_info) == text

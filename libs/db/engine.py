@@ -27,10 +27,16 @@ def make_engine(url: str, *, echo: bool = False, pool_size: int = DEFAULT_POOL_S
     runs in WAL mode so readers do not block the writer, and a writer waits for a lock
     instead of failing at once. ``sqlite://`` (in memory) keeps one connection for all:
     for tests only, no service default uses it.
+
+    Statement parameters are never put in error messages: they hold BMC passwords and
+    password hashes, and a database error is logged.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        options: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+        options: dict[str, Any] = {
+            "connect_args": {"check_same_thread": False, "timeout": 30},
+            "hide_parameters": True,
+        }
         if parsed.database in (None, "", ":memory:"):
             options["poolclass"] = StaticPool
         else:
@@ -39,7 +45,12 @@ def make_engine(url: str, *, echo: bool = False, pool_size: int = DEFAULT_POOL_S
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(
-        url, echo=echo, pool_pre_ping=True, pool_size=pool_size, max_overflow=MAX_OVERFLOW
+        url,
+        echo=echo,
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=MAX_OVERFLOW,
+        hide_parameters=True,
     )
 
 

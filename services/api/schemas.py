@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from sqlmodel import SQLModel
 
+from libs import redact
 from libs.db import (
     Conductor,
     DiskFormat,
@@ -37,8 +38,6 @@ from libs.db import (
     TaskState,
     as_utc,
 )
-
-MASK = "******"
 
 UTCDateTime = Annotated[datetime, AfterValidator(as_utc)]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
@@ -81,11 +80,6 @@ def normalise_mac(value: str) -> str:
 
 
 MacAddress = Annotated[str, AfterValidator(normalise_mac)]
-
-
-def mask_driver_info(info: dict[str, Any]) -> dict[str, Any]:
-    """``driver_info`` with every value whose key mentions a password replaced by a mask."""
-    return {key: MASK if "password" in key.lower() else value for key, value in info.items()}
 
 
 #: How deep objects and lists may nest in a free-form field such as driver_info: far more
@@ -341,7 +335,10 @@ class NodePublic(BaseModel):
     boot_interface: str
     deploy_interface: str
     management_interface: str
-    driver_info: dict[str, Any] = Field(description=f"Passwords are shown as {MASK!r}")
+    driver_info: dict[str, Any] = Field(
+        description=f"Credentials (keys naming a password, secret, token or key) are shown "
+        f"as {redact.FIELD_MASK!r}"
+    )
     provision_state: str
     target_provision_state: str | None
     power_state: PowerState
@@ -367,7 +364,7 @@ class NodePublic(BaseModel):
             boot_interface=row.boot_interface,
             deploy_interface=row.deploy_interface,
             management_interface=row.management_interface,
-            driver_info=mask_driver_info(row.driver_info or {}),
+            driver_info=redact.mask_fields(row.driver_info or {}),
             provision_state=row.provision_state,
             target_provision_state=row.target_provision_state,
             power_state=row.power_state,

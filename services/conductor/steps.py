@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from libs import redact
 from libs.db import PowerState
 from libs.errors import TetsuError
 from libs.rpc import RPCError
@@ -21,15 +22,7 @@ from .task_manager import Task
 
 LOG = logging.getLogger(__name__)
 
-
-#: driver_info keys whose values are credentials: a key containing any of these words.
-SECRET_KEY_WORDS = ("password", "secret", "token", "key")
-
-#: Shorter values are not masked: replacing "1" or "on" everywhere would mangle the text
-#: and hide nothing worth hiding.
-MIN_SECRET_LENGTH = 4
-
-MASK = "***"
+LAST_ERROR_LENGTH = 4000  # Node.last_error's column
 
 
 def reason_of(exc: BaseException) -> str:
@@ -44,19 +37,8 @@ def reason_of(exc: BaseException) -> str:
 
 
 def mask_secrets(text: str, driver_info: Mapping[str, Any]) -> str:
-    """``text`` with every credential of ``driver_info`` in it replaced by ``***``."""
-    secrets = {
-        str(value)
-        for key, value in driver_info.items()
-        if any(word in key.lower() for word in SECRET_KEY_WORDS)
-        and isinstance(value, str | int)
-        and not isinstance(value, bool)
-        and len(str(value)) >= MIN_SECRET_LENGTH
-    }
-    # Longest first, so a secret containing another is masked whole.
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, MASK)
-    return text
+    """``text`` with every credential of ``driver_info`` in it masked (libs.redact)."""
+    return redact.scrub(text, driver_info)
 
 
 def set_last_error(task: Task, error: str | None) -> str | None:
@@ -64,8 +46,12 @@ def set_last_error(task: Task, error: str | None) -> str | None:
     masked: a driver's error text may quote them, and last_error is shown to operators.
     Returns what was set, for the log."""
     node = task.node
-    node.last_error = None if error is None else mask_secrets(error, node.driver_info)
-    return node.last_error
+    if error is not None:
+        error = mask_secrets(error, node.driver_info)
+        if len(error) > LAST_ERROR_LENGTH:  # the column's size: a longer one fails the save
+            error = error[: LAST_ERROR_LENGTH - 1] + "…"
+    node.last_error = error
+    return error
 
 
 def validate_interfaces(task: Task) -> None:

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, delete, select, update
 
+from libs import redact
 from libs.db import Node, Port, PowerState, utcnow
 from libs.errors import InvalidStateTransition, NodeLocked, NotFound, Unauthorized
 from libs.rpc import RequestContext
@@ -21,7 +22,6 @@ from ..deps import AdminDep, ConductorAPIDep, SessionDep
 from ..errors import Duplicate, request_id_of
 from ..queries import PageDep, commit_unique, paginate
 from ..schemas import (
-    MASK,
     CallbackRequest,
     InterfaceValidation,
     NodeCreate,
@@ -49,13 +49,13 @@ def get_node(session: Session, ref: str) -> Node:
 
 
 def merge_driver_info(current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """``current`` updated with ``changes``: None removes a key, and a masked password sent
+    """``current`` updated with ``changes``: None removes a key, and a masked credential sent
     back unchanged (a client echoing what GET showed) keeps the stored one."""
     merged = dict(current)
     for key, value in changes.items():
         if value is None:
             merged.pop(key, None)
-        elif value == MASK and "password" in key.lower():
+        elif value == redact.FIELD_MASK and redact.is_secret_key(key):
             continue
         else:
             merged[key] = value

@@ -59,6 +59,18 @@ def test_passwords_are_masked_everywhere(client):
     assert "calvin" not in client.get("/v1/nodes", headers=ADMIN).text
 
 
+def test_nested_and_other_credentials_are_masked_too(client):
+    info = {"bmc": {"password": "n3sted-pw", "host": "10.0.0.8"}, "api_token": "tok-42-long"}
+    node = make_node(client, driver_info=info)
+    shown = client.get(f"/v1/nodes/{node['id']}", headers=ADMIN)
+    assert shown.json()["driver_info"] == {
+        "bmc": {"password": "******", "host": "10.0.0.8"},
+        "api_token": "******",
+    }
+    assert "n3sted-pw" not in shown.text
+    assert "tok-42-long" not in shown.text
+
+
 def test_show_by_name(client):
     node = make_node(client)
     assert client.get("/v1/nodes/rack1-u07", headers=ADMIN).json()["id"] == node["id"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from services.conductor.steps import mask_secrets
+from types import SimpleNamespace
+
+from services.conductor.steps import LAST_ERROR_LENGTH, mask_secrets, set_last_error
 
 
 def test_every_credential_of_the_node_is_masked():
@@ -30,3 +32,14 @@ def test_short_and_non_text_values_are_left_alone():
     text = "power on failed: True None [1, 2]"
 
     assert mask_secrets(text, driver_info) == text
+
+
+def test_an_overlong_error_is_cut_to_the_column_size() -> None:
+
+    node = SimpleNamespace(driver_info={}, last_error=None)
+    task = SimpleNamespace(node=node)
+    written = set_last_error(task, "the ramdisk failed: " + "x" * 5000)  # type: ignore[arg-type]
+    assert written is not None
+    assert len(written) == LAST_ERROR_LENGTH
+    assert written.startswith("the ramdisk failed: xxx")
+    assert node.last_error == written

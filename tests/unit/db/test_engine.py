@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import QueuePool, StaticPool
+from sqlmodel import SQLModel
 
-from libs.db import Database
+from libs.db import Database, Node
 from libs.db.engine import DEFAULT_POOL_SIZE
 
 
@@ -27,3 +29,23 @@ def test_an_in_memory_sqlite_database_shares_one_connection() -> None:
     db = Database("sqlite://", pool_size=36)
     assert isinstance(db.engine.pool, StaticPool)
     db.dispose()
+
+
+def test_a_database_error_never_quotes_the_statement_parameters(tmp_path: Path) -> None:
+
+    db = Database(f"sqlite:///{tmp_path / 'tetsu.db'}")
+    SQLModel.metadata.create_all(db.engine)
+    with db.session() as session:
+        session.add(Node(name="n1", resource_class="bm"))
+    try:
+        with db.session() as session:
+            session.add(
+                Node(name="n1", resource_class="bm", driver_info={"ipmi_password": "hunter2-bmc"})
+            )
+    except IntegrityError as exc:
+        assert "hunter2-bmc" not in str(exc)
+        assert "UNIQUE" in str(exc)
+    else:
+        raise AssertionError("a duplicate name was stored")
+    finally:
+        db.dispose()

@@ -95,9 +95,5 @@ class Database:
                     "(or start the service with --migrate)"
                 )
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.engine.dialect.name == "sqlite"
-
     def dispose(self) -> None:
         self.engine.dispose()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from libs import redact
 from libs.db import Database, InstanceStatus, PowerState
 from services.netctl.rpcapi import NetworkAPI
 
@@ -99,7 +100,7 @@ class Cleaning:
         (the user asked for it gone; the node now waits for an operator)."""
         node = task.node
         # The reason also goes to the log and the instance's fault.
-        reason = steps.mask_secrets(reason, node.driver_info)
+        reason = redact.scrub(reason, node.driver_info)
         LOG.error("%s of node %s failed: %s", node.provision_state, node.id, reason)
         was_deleting = node.provision_state == S.DELETING
         instance_id = steps.fail_node(task, self.network, reason)

@@ -13,6 +13,7 @@ import logging
 
 from sqlmodel import col, update
 
+from libs import redact
 from libs.db import Database, InstanceStatus, Node, PowerState, utcnow
 from libs.errors import BadRequest
 from libs.rpc import RequestContext
@@ -90,7 +91,7 @@ class Deployments:
         released, and the instance back to the scheduler (unless deleted meanwhile)."""
         node = task.node
         # The reason also goes to the log, the scheduler and the instance's fault.
-        reason = steps.mask_secrets(reason, node.driver_info)
+        reason = redact.scrub(reason, node.driver_info)
         LOG.error("deploy on node %s failed: %s", node.id, reason)
         instance_id = steps.fail_node(task, self.network, reason)
         if instance_id is not None:

@@ -115,10 +115,10 @@ class PeriodicTasks:
     def ring(self) -> HashRing:
         return HashRing(live_conductors(self.db, self.settings.conductor_heartbeat_timeout))
 
-    def take_over(self, *, at_start: bool = False) -> int:
+    def take_over(self, *, at_start: bool = False, ring: HashRing | None = None) -> int:
         """Fail the owned nodes whose work died with its conductor. At start, the work this
         hostname ran before is dead too: nothing of this process runs yet."""
-        ring = self.ring()
+        ring = ring or self.ring()
         alive = set(ring.hosts)
         if at_start:
             alive.discard(self.hostname)
@@ -131,10 +131,10 @@ class PeriodicTasks:
 
     def check_ring(self) -> None:
         """Take over again when conductors came or went since the last look."""
-        live = frozenset(live_conductors(self.db, self.settings.conductor_heartbeat_timeout))
-        if live != self._live:
-            LOG.info("live conductors now: %s", ", ".join(sorted(live)) or "none")
-            self.take_over()
+        ring = self.ring()
+        if ring.hosts != self._live:
+            LOG.info("live conductors now: %s", ", ".join(sorted(ring.hosts)) or "none")
+            self.take_over(ring=ring)
 
     def sync_power_states(self) -> None:
         """Record each owned, unlocked, managed node's power state."""

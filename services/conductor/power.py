@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+from libs import redact
 from libs.db import PowerState
 from libs.errors import BadRequest, InvalidStateTransition
 
@@ -91,7 +92,7 @@ def sync_power_state(task: Task) -> None:
     try:
         state = task.driver.power.get_power_state(task)
     except Exception as exc:
-        error = steps.mask_secrets(
+        error = redact.scrub(
             f"{SYNC_ERROR_PREFIX}reading the power state failed: {steps.reason_of(exc)}",
             node.driver_info,
         )

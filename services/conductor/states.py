@@ -98,13 +98,10 @@ TARGET_OF: dict[ProvisionState, ProvisionState] = {
     S.CLEANWAIT: S.AVAILABLE,
 }
 
-#: Where a node goes when its conductor died in the middle of a transient state.
+#: Where a node goes when its conductor died in the middle of a transient state: where
+#: that state's ``fail`` event leads (every transient state has one).
 FAIL_ON_TAKEOVER: dict[ProvisionState, ProvisionState] = {
-    S.DEPLOYING: S.DEPLOYFAIL,
-    S.DEPLOYWAIT: S.DEPLOYFAIL,
-    S.DELETING: S.ERROR,
-    S.CLEANING: S.CLEANFAIL,
-    S.CLEANWAIT: S.CLEANFAIL,
+    state: _TABLE[(state, E.FAIL)] for state in TRANSIENT_STATES
 }
 
 

@@ -6,8 +6,7 @@ on the ramdisk's callback and fail, and how a failed step is described in
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 from libs import redact
 from libs.db import PowerState
@@ -27,7 +26,7 @@ LAST_ERROR_LENGTH = 4000  # Node.last_error's column
 
 def reason_of(exc: BaseException) -> str:
     """The human reason of a failure (our errors carry one, RPC errors mask URLs). It may
-    quote what a BMC or a library said, credentials included: :func:`mask_secrets` it
+    quote what a BMC or a library said, credentials included: scrub it (:func:`libs.redact.scrub`)
     before it leaves the conductor."""
     if isinstance(exc, TetsuError):
         return exc.reason
@@ -36,18 +35,13 @@ def reason_of(exc: BaseException) -> str:
     return f"unexpected {type(exc).__name__}: {exc}"
 
 
-def mask_secrets(text: str, driver_info: Mapping[str, Any]) -> str:
-    """``text`` with every credential of ``driver_info`` in it masked (libs.redact)."""
-    return redact.scrub(text, driver_info)
-
-
 def set_last_error(task: Task, error: str | None) -> str | None:
     """Set the node's last_error (not saved yet) to ``error`` with the node's credentials
     masked: a driver's error text may quote them, and last_error is shown to operators.
     Returns what was set, for the log."""
     node = task.node
     if error is not None:
-        error = mask_secrets(error, node.driver_info)
+        error = redact.scrub(error, node.driver_info)
         if len(error) > LAST_ERROR_LENGTH:  # the column's size: a longer one fails the save
             error = error[: LAST_ERROR_LENGTH - 1] + "…"
     node.last_error = error
@@ -146,7 +140,7 @@ def quiesce(task: Task, network: NetworkAPI) -> None:
         LOG.warning(
             "node %s: power off after a failure failed: %s",
             node.id,
-            mask_secrets(reason_of(exc), node.driver_info),
+            redact.scrub(reason_of(exc), node.driver_info),
         )
     try:
         task.driver.boot.clean_up_ramdisk(task)
@@ -154,7 +148,7 @@ def quiesce(task: Task, network: NetworkAPI) -> None:
         LOG.warning(
             "node %s: ramdisk clean-up after a failure failed: %s",
             node.id,
-            mask_secrets(reason_of(exc), node.driver_info),
+            redact.scrub(reason_of(exc), node.driver_info),
         )
     for port in task.ports:
         try:
@@ -164,5 +158,5 @@ def quiesce(task: Task, network: NetworkAPI) -> None:
                 "node %s: unbinding port %s failed: %s",
                 node.id,
                 port.id,
-                mask_secrets(reason_of(exc), node.driver_info),
+                redact.scrub(reason_of(exc), node.driver_info),
             )

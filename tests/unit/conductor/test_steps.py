@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from services.conductor.steps import LAST_ERROR_LENGTH, mask_secrets, set_last_error
+from libs.redact import scrub
+from services.conductor.steps import LAST_ERROR_LENGTH, set_last_error
 
 
 def test_every_credential_of_the_node_is_masked():
@@ -18,20 +19,20 @@ def test_every_credential_of_the_node_is_masked():
     }
     text = "admin@10.0.0.9 with hunter22, s3cr3t-value, 12345678 and AAAAB3Nza refused"
 
-    assert mask_secrets(text, driver_info) == "admin@10.0.0.9 with ***, ***, *** and *** refused"
+    assert scrub(text, driver_info) == "admin@10.0.0.9 with ***, ***, *** and *** refused"
 
 
 def test_a_secret_containing_another_is_masked_whole():
     driver_info = {"password": "open", "bmc_password": "open-sesame"}
 
-    assert mask_secrets("said open-sesame, then open", driver_info) == "said ***, then ***"
+    assert scrub("said open-sesame, then open", driver_info) == "said ***, then ***"
 
 
 def test_short_and_non_text_values_are_left_alone():
     driver_info = {"password": "on", "key_count": True, "token": None, "port_key": [1, 2]}
     text = "power on failed: True None [1, 2]"
 
-    assert mask_secrets(text, driver_info) == text
+    assert scrub(text, driver_info) == text
 
 
 def test_an_overlong_error_is_cut_to_the_column_size() -> None:

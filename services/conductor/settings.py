@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from pathlib import Path
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -50,4 +51,59 @@ class ConductorSettings(CommonSettings):
     )
     enabled_management_interfaces: list[str] = Field(
         default=["fake"], description="Management interfaces nodes may use (JSON list in the env)"
+    )
+
+    # IPMI (power and management interface "ipmi").
+    ipmi_timeout: float = Field(
+        default=15.0, gt=0, description="Seconds one IPMI operation may take (per attempt)"
+    )
+    ipmi_retries: int = Field(
+        default=3, ge=1, description="Attempts at an IPMI operation that failed transiently"
+    )
+
+    # Network boot (boot interface "pxe") and the deploy ramdisk (deploy interface "ramdisk").
+    boot_root: Path = Field(
+        default=Path("tetsu-boot"),
+        description="Folder of the boot server's files (iPXE scripts, ramdisk jobs, images)",
+    )
+    boot_server_host: str = Field(default="0.0.0.0", description="Boot server HTTP bind address")  # noqa: S104
+    boot_server_port: int = Field(default=8080, ge=0, le=65535, description="Boot server HTTP port")
+    boot_server_url: str | None = Field(
+        default=None,
+        description=(
+            "The boot server's URL as nodes see it, with an IP address (the ramdisk has no "
+            "DNS), e.g. http://10.77.0.254:8080; required for pxe"
+        ),
+    )
+    tftp_host: str = Field(default="0.0.0.0", description="TFTP bind address")  # noqa: S104
+    tftp_port: int = Field(
+        default=69, ge=0, le=65535, description="TFTP port for the first chain step; 0: no TFTP"
+    )
+    dhcp_hostsdir: Path | None = Field(
+        default=None,
+        description=(
+            "dnsmasq --dhcp-hostsdir folder for per-node host files (default: boot_root/dhcp-hosts)"
+        ),
+    )
+    callback_url: str | None = Field(
+        default=None,
+        description=(
+            "The API's URL as nodes see it, with an IP address, for the ramdisk's callback, "
+            "e.g. http://10.77.0.254:8000; required for the ramdisk deploy"
+        ),
+    )
+    ramdisk_kernel: Path = Field(
+        default=Path("deploy/ramdisk/build/vmlinuz"), description="The deploy ramdisk's kernel"
+    )
+    ramdisk_initramfs: Path = Field(
+        default=Path("deploy/ramdisk/build/initramfs"),
+        description="The deploy ramdisk's initramfs",
+    )
+    ramdisk_kernel_params: str = Field(
+        default="console=ttyS0,115200 quiet panic=-1",
+        description="Kernel command line of the deploy ramdisk (tetsu_job= is added)",
+    )
+    clean_wipe: Literal["quick", "full"] = Field(
+        default="quick",
+        description=("Disk wipe at cleaning: quick (partition tables, first and last MiB) or full"),
     )

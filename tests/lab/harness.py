@@ -1,0 +1,537 @@
+"""The bare-metal lab: QEMU guests (TCG) behind virtualbmc BMCs, on a userspace Open vSwitch
+bridge, with dnsmasq in a network namespace of the lab's own.
+
+```
+ guests (libvirt, TCG) vnetN ─┐
+                              │ OVS bridge tlab<id> (netdev datapath, standalone)
+ root ns: tlab<id> internal port 10.77.0.254/24 ── API + conductor boot server listen here
+                              │
+ netns tetsu-lab-<id>: lab0 10.77.0.1/24 + fd77::1/64 ── dnsmasq (DHCP, IPv6 RA)
+ vbmcd: one IPMI BMC per guest on 127.0.0.1:<port> ── libvirt ── the guest
+```
+
+Everything is made fresh (leftovers of an earlier, killed run are removed first) and torn
+down afterwards; daemons the lab needs (libvirtd, virtlogd, Open vSwitch) are started when
+they are not running and left running, like the machine's other services.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import textwrap
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+LAB_VENV = Path(os.environ.get("TETSU_LAB_VENV", ROOT / ".venv-lab"))
+
+SUBNET_PREFIX = "10.77.0"
+HOST_IP = f"{SUBNET_PREFIX}.254"  # the root namespace's address on the lab network
+DNSMASQ_IP = f"{SUBNET_PREFIX}.1"
+IPV6_PREFIX = "fd77::"
+NAME_PREFIX = "tetsu-lab"
+BRIDGE_PREFIX = "tlab"
+FIRST_BMC_PORT = 6230
+
+LIBVIRT_URI = "qemu:///system"
+QEMU_CONF = textwrap.dedent(
+    """\
+    # Written by tetsu's lab harness: QEMU as root, no namespaces or cgroups (a container).
+    user = "root"
+    group = "root"
+    security_driver = "none"
+    namespaces = []
+    cgroup_controllers = []
+    """
+)
+
+INSTALL_HINT = "run ./scripts/test once (it installs the lab's packages), or see docs/lab.md"
+
+
+class LabError(RuntimeError):
+    """The lab could not be set up on this machine."""
+
+
+def run(
+    *args: str, check: bool = True, timeout: float = 60.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(  # noqa: S603 - the lab's own fixed commands
+        list(args), capture_output=True, text=True, timeout=timeout, check=False, env=env
+    )
+    if check and result.returncode != 0:
+        raise LabError(
+            f"{' '.join(args)} failed (rc {result.returncode}): "
+            f"{(result.stderr or result.stdout).strip()}"
+        )
+    return result
+
+
+def netns(namespace: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run("ip", "netns", "exec", namespace, *args, check=check)
+
+
+# -- the machine's daemons ---------------------------------------------------------------
+
+
+def check_prerequisites() -> None:
+    """Fail with what is missing (the lab tests are never skipped)."""
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces, Open vSwitch, libvirt)")
+    missing = [
+        tool
+        for tool in (
+            "qemu-system-x86_64",
+            "libvirtd",
+            "virsh",
+            "ovs-vsctl",
+            "dnsmasq",
+            "ipmitool",
+            "ip",
+            "ethtool",
+        )
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()
+    ]
+    if not (LAB_VENV / "bin" / "vbmcd").exists():
+        missing.append(f"virtualbmc in {LAB_VENV}")
+    if missing:
+        raise LabError(f"missing {', '.join(missing)}: {INSTALL_HINT}")
+
+
+def ensure_libvirtd() -> None:
+    """libvirtd (and virtlogd) answering on qemu:///system, configured to run QEMU as root."""
+    if run("virsh", "-c", LIBVIRT_URI, "version", check=False, timeout=20).returncode == 0:
+        return
+    for folder in ("/var/log/libvirt/qemu", "/var/lib/libvirt", "/run/libvirt"):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    for group in ("kvm", "libvirt-qemu"):
+        if run("getent", "group", group, check=False).returncode != 0:
+            run("groupadd", group)
+    if run("id", "libvirt-qemu", check=False).returncode != 0:
+        run("useradd", "-g", "libvirt-qemu", "libvirt-qemu")
+    conf = Path("/etc/libvirt/qemu.conf")
+    if not conf.exists() or 'security_driver = "none"' not in conf.read_text():
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text(QEMU_CONF)
+    run("virtlogd", "-d", check=False)
+    run("libvirtd", "-d")
+    deadline = time.monotonic() + 30
+    while run("virsh", "-c", LIBVIRT_URI, "version", check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise LabError("libvirtd did not answer within 30 s")
+        time.sleep(0.5)
+
+
+def ensure_openvswitch() -> None:
+    """ovsdb-server and ovs-vswitchd running (userspace datapath: no kernel module here)."""
+    if run("ovs-vsctl", "--timeout=5", "show", check=False).returncode == 0:
+        return
+    ctl = "/usr/share/openvswitch/scripts/ovs-ctl"
+    run(ctl, "start", "--system-id=random", check=False, timeout=120)
+    if run("ovs-vsctl", "--timeout=10", "show", check=False).returncode != 0:
+        raise LabError("Open vSwitch did not start (ovs-ctl start)")
+
+
+def remove_stale() -> None:
+    """Remove what an earlier run that was killed left behind (same names, same subnet)."""
+    domains = run("virsh", "-c", LIBVIRT_URI, "list", "--all", "--name", check=False).stdout
+    for name in domains.split():
+        if name.startswith(NAME_PREFIX):
+            run("virsh", "-c", LIBVIRT_URI, "destroy", name, check=False)
+            run("virsh", "-c", LIBVIRT_URI, "undefine", name, "--nvram", check=False)
+    for name in run("ip", "netns", "list", check=False).stdout.split():
+        if name.startswith(NAME_PREFIX):
+            for pid in run("ip", "netns", "pids", name, check=False).stdout.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+            run("ip", "netns", "delete", name, check=False)
+    for bridge in run("ovs-vsctl", "list-br", check=False).stdout.split():
+        if bridge.startswith(BRIDGE_PREFIX):
+            run("ovs-vsctl", "--if-exists", "del-br", bridge, check=False)
+    for line in run("ip", "-o", "link", "show", check=False).stdout.splitlines():
+        name = line.split(":")[1].strip().split("@")[0] if ":" in line else ""
+        if name.startswith(BRIDGE_PREFIX):
+            run("ip", "link", "delete", name, check=False)
+
+
+# -- the lab ------------------------------------------------------------------------------
+
+
+@dataclass
+class Guest:
+    """One "physical" machine: a libvirt domain behind its own IPMI BMC."""
+
+    index: int
+    name: str
+    mac: str
+    ipmi_port: int
+    disk: Path
+    serial_log: Path
+    ipmi_username: str
+    ipmi_password: str
+
+    @property
+    def driver_info(self) -> dict[str, object]:
+        return {
+            "ipmi_address": "127.0.0.1",
+            "ipmi_port": self.ipmi_port,
+            "ipmi_username": self.ipmi_username,
+            "ipmi_password": self.ipmi_password,
+        }
+
+    def ipmitool(self, *args: str, check: bool = True) -> str:
+        """An independent IPMI client's answer (to cross-check what tetsu did)."""
+        result = run(
+            "ipmitool",
+            "-I",
+            "lanplus",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            str(self.ipmi_port),
+            "-U",
+            self.ipmi_username,
+            "-E",  # the password from IPMI_PASSWORD, not the command line
+            *args,
+            check=check,
+            env={**os.environ, "IPMI_PASSWORD": self.ipmi_password},
+        )
+        return result.stdout.strip()
+
+    def power_status(self) -> str:
+        """``on`` or ``off`` as ipmitool reads it from the BMC."""
+        return self.ipmitool("power", "status").rsplit(" ", 1)[-1]
+
+    def domain_state(self) -> str:
+        return run("virsh", "-c", LIBVIRT_URI, "domstate", self.name).stdout.strip()
+
+    def serial(self) -> str:
+        try:
+            return self.serial_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def serial_mark(self) -> int:
+        """Where the serial log ends now: look for what comes after with ``serial_since``."""
+        try:
+            return self.serial_log.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def serial_since(self, mark: int) -> str:
+        try:
+            with self.serial_log.open("rb") as handle:
+                handle.seek(mark)
+                return handle.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def disk_head(self, size: int = 512) -> bytes:
+        with self.disk.open("rb") as handle:
+            return handle.read(size)
+
+
+@dataclass
+class Lab:
+    workdir: Path
+    lab_id: str
+    bridge: str
+    namespace: str
+    guests: list[Guest] = field(default_factory=list)
+    _processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    _vbmc_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def host_ip(self) -> str:
+        return HOST_IP
+
+    # BMC control, for tests that break a BMC on purpose.
+    def vbmc(self, *args: str, check: bool = True) -> str:
+        return run(
+            str(LAB_VENV / "bin" / "vbmc"), *args, env=self._vbmc_env, check=check, timeout=60
+        ).stdout
+
+    def stop_bmc(self, guest: Guest) -> None:
+        self.vbmc("stop", guest.name)
+
+    def start_bmc(self, guest: Guest) -> None:
+        self.vbmc("start", guest.name)
+        wait_until(
+            lambda: guest.ipmitool("power", "status", check=False) != "",
+            timeout=30,
+            what=f"BMC of {guest.name}",
+        )
+
+    def dnsmasq_log(self) -> str:
+        path = self.workdir / "dnsmasq.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def wait_until(condition: object, *, timeout: float, what: str, interval: float = 0.3) -> None:
+    assert callable(condition)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise LabError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _domain_xml(guest: Guest, bridge: str, memory_mb: int) -> str:
+    # The three traps of TOPOLOGY.md: host csum off (or Linux guests' TCP dies in OVS
+    # netdev), bios useserial (or iPXE prints nothing on the serial log), and a network boot
+    # order set by the BMC (virtualbmc rewrites <boot dev>).
+    return textwrap.dedent(
+        f"""\
+        <domain type='qemu'>
+          <name>{guest.name}</name>
+          <memory unit='MiB'>{memory_mb}</memory>
+          <vcpu>1</vcpu>
+          <os>
+            <type arch='x86_64' machine='pc'>hvm</type>
+            <boot dev='network'/>
+            <bios useserial='yes'/>
+          </os>
+          <features><acpi/></features>
+          <on_poweroff>destroy</on_poweroff>
+          <on_reboot>restart</on_reboot>
+          <devices>
+            <emulator>/usr/bin/qemu-system-x86_64</emulator>
+            <disk type='file' device='disk'>
+              <driver name='qemu' type='raw' cache='unsafe'/>
+              <source file='{guest.disk}'/>
+              <target dev='vda' bus='virtio'/>
+            </disk>
+            <interface type='bridge'>
+              <mac address='{guest.mac}'/>
+              <source bridge='{bridge}'/>
+              <virtualport type='openvswitch'/>
+              <model type='virtio'/>
+              <driver name='qemu'><host csum='off'/></driver>
+            </interface>
+            <serial type='file'>
+              <source path='{guest.serial_log}' append='on'/>
+              <target port='0'/>
+            </serial>
+            <console type='file'>
+              <source path='{guest.serial_log}' append='on'/>
+              <target type='serial' port='0'/>
+            </console>
+          </devices>
+        </domain>
+        """
+    )
+
+
+def _free_udp_ports(count: int, start: int) -> list[int]:
+    import socket
+
+    ports: list[int] = []
+    port = start
+    while len(ports) < count and port < start + 1000:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                port += 1
+                continue
+        ports.append(port)
+        port += 1
+    return ports
+
+
+def _free_tcp_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def lab(
+    workdir: Path,
+    *,
+    guests: int = 2,
+    disk_mb: int = 512,
+    memory_mb: int = 384,
+    dnsmasq_config: str | None = None,
+    hostsdir: Path | None = None,
+) -> Iterator[Lab]:
+    """Set up the lab in ``workdir`` and tear it down afterwards.
+
+    ``dnsmasq_config`` is the configuration text for the lab's dnsmasq (the conductor's
+    boot server makes it); None starts a plain DHCP server.
+    """
+    check_prerequisites()
+    ensure_libvirtd()
+    ensure_openvswitch()
+    remove_stale()
+    workdir.mkdir(parents=True, exist_ok=True)
+    lab_id = secrets.token_hex(2)
+    the_lab = Lab(
+        workdir=workdir,
+        lab_id=lab_id,
+        bridge=f"{BRIDGE_PREFIX}{lab_id}",
+        namespace=f"{NAME_PREFIX}-{lab_id}",
+    )
+    try:
+        _make_network(the_lab)
+        _start_dnsmasq(the_lab, dnsmasq_config, hostsdir)
+        _start_vbmcd(the_lab)
+        _make_guests(the_lab, guests, disk_mb, memory_mb)
+        yield the_lab
+    finally:
+        _tear_down(the_lab)
+
+
+def _make_network(lab: Lab) -> None:
+    bridge, namespace = lab.bridge, lab.namespace
+    run("ovs-vsctl", "add-br", bridge, "--", "set", "bridge", bridge, "datapath_type=netdev")
+    run("ip", "link", "set", bridge, "up")
+    run("ip", "addr", "add", f"{HOST_IP}/24", "dev", bridge)
+    run("ip", "netns", "add", namespace)
+    outside, inside = f"{bridge}-o", f"{bridge}-n"
+    run("ip", "link", "add", outside, "type", "veth", "peer", "name", inside)
+    run("ip", "link", "set", inside, "netns", namespace)
+    netns(namespace, "ip", "link", "set", inside, "name", "lab0")
+    netns(namespace, "ip", "addr", "add", f"{DNSMASQ_IP}/24", "dev", "lab0")
+    netns(namespace, "ip", "addr", "add", f"{IPV6_PREFIX}1/64", "dev", "lab0", "nodad")
+    netns(namespace, "ip", "link", "set", "lab0", "up")
+    netns(namespace, "ip", "link", "set", "lo", "up")
+    # OVS's userspace datapath forwards packets with partial checksums as they are.
+    netns(namespace, "ethtool", "-K", "lab0", "tx", "off")
+    run("ip", "link", "set", outside, "up")
+    run("ethtool", "-K", outside, "tx", "off")
+    run("ethtool", "-K", bridge, "tx", "off", check=False)
+    run("ovs-vsctl", "add-port", bridge, outside)
+
+
+def _start_dnsmasq(lab: Lab, config: str | None, hostsdir: Path | None) -> None:
+    path = lab.workdir / "dnsmasq.conf"
+    if config is None:
+        config = f"port=0\ninterface=lab0\nbind-interfaces\ndhcp-range={SUBNET_PREFIX}.100,{SUBNET_PREFIX}.199,10m\n"
+        if hostsdir is not None:
+            config += f"dhcp-hostsdir={hostsdir}\n"
+    config += textwrap.dedent(
+        f"""\
+        user=root
+        log-dhcp
+        log-facility={lab.workdir / "dnsmasq.log"}
+        pid-file={lab.workdir / "dnsmasq.pid"}
+        dhcp-leasefile={lab.workdir / "dnsmasq.leases"}
+        """
+    )
+    path.write_text(config)
+    netns(lab.namespace, "dnsmasq", f"--conf-file={path}")
+
+
+def _start_vbmcd(lab: Lab) -> None:
+    config_dir = lab.workdir / "vbmc"
+    config_dir.mkdir(exist_ok=True)
+    conf = lab.workdir / "vbmc.conf"
+    conf.write_text(
+        "[default]\n"
+        f"config_dir = {config_dir}\n"
+        f"pid_file = {lab.workdir / 'vbmcd.pid'}\n"
+        f"server_port = {_free_tcp_port()}\n"
+        "[log]\n"
+        f"logfile = {lab.workdir / 'vbmcd.log'}\n"
+    )
+    lab._vbmc_env = {**os.environ, "VIRTUALBMC_CONFIG": str(conf)}
+    log = (lab.workdir / "vbmcd.out").open("wb")
+    lab._processes.append(
+        subprocess.Popen(  # noqa: S603
+            [str(LAB_VENV / "bin" / "vbmcd"), "--foreground"],
+            env=lab._vbmc_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    )
+    log.close()
+    wait_until(
+        lambda: run(
+            str(LAB_VENV / "bin" / "vbmc"), "list", env=lab._vbmc_env, check=False
+        ).returncode
+        == 0,
+        timeout=30,
+        what="vbmcd",
+    )
+
+
+def _make_guests(lab: Lab, count: int, disk_mb: int, memory_mb: int) -> None:
+    ports = _free_udp_ports(count, FIRST_BMC_PORT)
+    for index in range(count):
+        name = f"{NAME_PREFIX}-{lab.lab_id}-node{index + 1}"
+        guest = Guest(
+            index=index,
+            name=name,
+            mac=f"52:54:00:77:00:{0x11 + index:02x}",
+            ipmi_port=ports[index],
+            disk=lab.workdir / f"node{index + 1}.img",
+            serial_log=lab.workdir / f"node{index + 1}-serial.log",
+            ipmi_username="admin",
+            ipmi_password=secrets.token_urlsafe(12),
+        )
+        with guest.disk.open("wb") as handle:  # sparse: an empty disk, as from the factory
+            handle.truncate(disk_mb * 1024 * 1024)
+        xml = lab.workdir / f"{name}.xml"
+        xml.write_text(_domain_xml(guest, lab.bridge, memory_mb))
+        run("virsh", "-c", LIBVIRT_URI, "define", str(xml))
+        lab.vbmc(
+            "add",
+            name,
+            "--port",
+            str(guest.ipmi_port),
+            "--address",
+            "127.0.0.1",
+            "--username",
+            guest.ipmi_username,
+            "--password",
+            guest.ipmi_password,
+            "--libvirt-uri",
+            LIBVIRT_URI,
+        )
+        lab.vbmc("start", name)
+        lab.guests.append(guest)
+    for guest in lab.guests:
+        wait_until(
+            lambda guest=guest: guest.ipmitool("power", "status", check=False) != "",
+            timeout=30,
+            what=f"BMC of {guest.name}",
+        )
+
+
+def _tear_down(lab: Lab) -> None:
+    for guest in lab.guests:
+        with contextlib.suppress(Exception):
+            lab.vbmc("delete", guest.name, check=False)
+        run("virsh", "-c", LIBVIRT_URI, "destroy", guest.name, check=False)
+        run("virsh", "-c", LIBVIRT_URI, "undefine", guest.name, "--nvram", check=False)
+    for process in lab._processes:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    pid_file = lab.workdir / "dnsmasq.pid"
+    if pid_file.exists():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+    run("ip", "netns", "delete", lab.namespace, check=False)
+    run("ovs-vsctl", "--if-exists", "del-br", lab.bridge, check=False)
+    run("ip", "link", "delete", f"{lab.bridge}-o", check=False)
+    for guest in lab.guests:
+        with contextlib.suppress(FileNotFoundError):
+            guest.disk.unlink()  # big sparse files: the serial logs are what is worth keeping
+
+
+def guest_names(lab: Lab) -> Sequence[str]:
+    return [guest.name for guest in lab.guests]

@@ -108,3 +108,25 @@ ensure_postgresql() {
         "DO \$\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tetsu') THEN
              CREATE ROLE tetsu LOGIN PASSWORD 'tetsu' CREATEDB; END IF; END \$\$;" >/dev/null)
 }
+
+# The bare-metal lab (tests/lab): QEMU guests (TCG) behind virtualbmc BMCs on a userspace
+# Open vSwitch, dnsmasq, and what the deploy ramdisk and the test images are built from.
+LAB_PACKAGES=(
+    qemu-system-x86 ipxe-qemu ipxe libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+    libvirt-dev pkg-config gcc python3-dev ipmitool dnsmasq-base openvswitch-switch
+    linux-image-cloud-amd64 busybox-static cpio gzip ethtool iproute2 kmod
+)
+LAB_VENV="${TETSU_LAB_VENV:-$ROOT/.venv-lab}"
+VIRTUALBMC_VERSION=3.3.0
+
+ensure_lab() {
+    apt_install "${LAB_PACKAGES[@]}"
+    # virtualbmc (and libvirt-python, built against libvirt-dev) in a virtualenv of its own:
+    # a test tool, not something tetsu runs.
+    if [ ! -x "$LAB_VENV/bin/vbmcd" ]; then
+        log "installing virtualbmc $VIRTUALBMC_VERSION into $LAB_VENV"
+        python3 -m venv "$LAB_VENV"
+        "$LAB_VENV/bin/python" -m pip install -q --disable-pip-version-check \
+            "virtualbmc==$VIRTUALBMC_VERSION"
+    fi
+}

@@ -103,9 +103,16 @@ class Stack:
 
 @contextmanager
 def running_stack(
-    workdir: Path, *, database_url: str, transport_url: str, conductors: int = 1
+    workdir: Path,
+    *,
+    database_url: str,
+    transport_url: str,
+    conductors: int = 1,
+    port: int | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> Iterator[Stack]:
-    port = free_port()
+    """The services running in ``workdir``; ``extra_env`` adds settings (``TETSU_*``)."""
+    port = port or free_port()
     token = secrets.token_urlsafe(24)
     env = {
         **os.environ,
@@ -118,6 +125,7 @@ def running_stack(
         "TETSU_CONDUCTOR_HEARTBEAT_TIMEOUT": "6",
         "TETSU_CHECK_INTERVAL": "1",
         "TETSU_LOG_LEVEL": "INFO",
+        **(extra_env or {}),
     }
     for key in ("TETSU_CONFIG", "TETSU_HOSTNAME"):
         env.pop(key, None)

@@ -22,6 +22,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import textwrap
 import time
@@ -62,7 +63,7 @@ class LabError(RuntimeError):
 def run(
     *args: str, check: bool = True, timeout: float = 60.0, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(  # noqa: S603 - the lab's own fixed commands
+    result = subprocess.run(
         list(args), capture_output=True, text=True, timeout=timeout, check=False, env=env
     )
     if check and result.returncode != 0:
@@ -330,8 +331,6 @@ def _domain_xml(guest: Guest, bridge: str, memory_mb: int) -> str:
 
 
 def _free_udp_ports(count: int, start: int) -> list[int]:
-    import socket
-
     ports: list[int] = []
     port = start
     while len(ports) < count and port < start + 1000:
@@ -347,8 +346,6 @@ def _free_udp_ports(count: int, start: int) -> list[int]:
 
 
 def _free_tcp_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -416,7 +413,8 @@ def _make_network(lab: Lab) -> None:
 def _start_dnsmasq(lab: Lab, config: str | None, hostsdir: Path | None) -> None:
     path = lab.workdir / "dnsmasq.conf"
     if config is None:
-        config = f"port=0\ninterface=lab0\nbind-interfaces\ndhcp-range={SUBNET_PREFIX}.100,{SUBNET_PREFIX}.199,10m\n"
+        config = "port=0\ninterface=lab0\nbind-interfaces\n"
+        config += f"dhcp-range={SUBNET_PREFIX}.100,{SUBNET_PREFIX}.199,10m\n"
         if hostsdir is not None:
             config += f"dhcp-hostsdir={hostsdir}\n"
     config += textwrap.dedent(
@@ -447,7 +445,7 @@ def _start_vbmcd(lab: Lab) -> None:
     lab._vbmc_env = {**os.environ, "VIRTUALBMC_CONFIG": str(conf)}
     log = (lab.workdir / "vbmcd.out").open("wb")
     lab._processes.append(
-        subprocess.Popen(  # noqa: S603
+        subprocess.Popen(
             [str(LAB_VENV / "bin" / "vbmcd"), "--foreground"],
             env=lab._vbmc_env,
             stdout=log,
@@ -456,10 +454,10 @@ def _start_vbmcd(lab: Lab) -> None:
     )
     log.close()
     wait_until(
-        lambda: run(
-            str(LAB_VENV / "bin" / "vbmc"), "list", env=lab._vbmc_env, check=False
-        ).returncode
-        == 0,
+        lambda: (
+            run(str(LAB_VENV / "bin" / "vbmc"), "list", env=lab._vbmc_env, check=False).returncode
+            == 0
+        ),
         timeout=30,
         what="vbmcd",
     )

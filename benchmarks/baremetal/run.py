@@ -34,13 +34,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
-from tests.lab.images import make_marker_image  # noqa: E402
 
 from services.conductor.bootserver import dnsmasq_config  # noqa: E402
 from tests.integration.conftest import create_database, drop_database  # noqa: E402
 from tests.integration.rabbitnode import create_vhost, delete_vhost  # noqa: E402
 from tests.integration.stack import free_port, running_stack, wait_for  # noqa: E402
 from tests.lab.harness import HOST_IP, IPV6_PREFIX, SUBNET_PREFIX, Guest, lab  # noqa: E402
+from tests.lab.images import make_marker_image  # noqa: E402
 
 MiB = 1024 * 1024
 LAB_MD = {24: 10.0, 256: 22.5}  # ../shared/LAB.md: power-on to callback under TCG
@@ -144,7 +144,7 @@ def wait_available(admin: httpx.Client, node_id: str) -> None:
 
 
 def build_ramdisk(out: Path) -> tuple[Path, Path]:
-    subprocess.run([str(ROOT / "deploy/ramdisk/build"), "--out", str(out)], check=True)
+    subprocess.run([str(ROOT / "deploy/ramdisk/build.sh"), "--out", str(out)], check=True)
     return out / "vmlinuz", out / "initramfs"
 
 

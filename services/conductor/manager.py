@@ -43,7 +43,7 @@ class ConductorManager:
     def __init__(self, settings: ConductorSettings, db: Database, transport: Transport) -> None:
         self.settings = settings
         self.db = db
-        self.drivers = DriverFactory(settings, DriverEnv(settings, self._ramdisk_reported))
+        self.drivers = DriverFactory(settings, DriverEnv(settings, self._ramdisk_reported, db))
         self.tasks = TaskManager(db, settings.hostname, self.drivers, workers=settings.workers)
         network = NetworkAPI(transport)
         self.cleaning = Cleaning(db, network)

@@ -15,10 +15,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def ramdisk_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The deploy ramdisk (kernel, initramfs), built by ``deploy/ramdisk/build``."""
+    """The deploy ramdisk (kernel, initramfs), built by ``deploy/ramdisk/build.sh``."""
     out = tmp_path_factory.mktemp("ramdisk")
     subprocess.run(
-        [str(ROOT / "deploy" / "ramdisk" / "build"), "--out", str(out)],
+        [str(ROOT / "deploy" / "ramdisk" / "build.sh"), "--out", str(out)],
         check=True,
         capture_output=True,
         timeout=300,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -20,8 +20,8 @@ from typing import Any
 
 import httpx
 import pytest
-from services.conductor.bootserver import dnsmasq_config
 
+from services.conductor.bootserver import dnsmasq_config
 from tests.integration.conftest import create_database, drop_database
 from tests.integration.stack import Stack, free_port, running_stack, wait_for
 from tests.lab.harness import DNSMASQ_IP, HOST_IP, IPV6_PREFIX, SUBNET_PREFIX, Guest, Lab, lab
@@ -203,6 +203,11 @@ def instance(admin: httpx.Client, instance_id: str) -> dict[str, Any]:
     return ok(admin.get(f"/v1/instances/{instance_id}"), 200)
 
 
+def console_shows(guest: Guest, mark: int, text: str) -> Callable[[], bool]:
+    """Whether ``text`` appeared on the guest's console after ``mark``."""
+    return lambda: text in guest.serial_since(mark)
+
+
 def test_two_instances_become_active_on_two_guests_that_then_boot_their_disks(
     baremetal: Baremetal, tmp_path: Path
 ) -> None:
@@ -243,7 +248,7 @@ def test_two_instances_become_active_on_two_guests_that_then_boot_their_disks(
             # Our ramdisk wrote the disk (its progress on the console), then the guest
             # booted the image from its own disk and printed the image's marker.
             wait_for(
-                lambda g=guest, m=marks[node_id]: marker in g.serial_since(m),
+                console_shows(guest, marks[node_id], marker),
                 timeout=90,
                 what=f"{marker} on {guest.name}'s console",
             )
@@ -275,7 +280,7 @@ def test_deleting_the_instances_cleans_the_guests_and_makes_them_available(
         wait_for(cleaned, timeout=DEPLOY_TIMEOUT, interval=0.5, what="cleaned nodes")
         assert seen_cleaning == set(baremetal.guests), "each node went through cleaning"
         for instance_id in instance_ids:
-            assert admin.get(f"/v1/instances/{instance_id}").status_code == 404
+            assert instance(admin, instance_id)["status"] == "DELETED"
         for guest in baremetal.guests.values():
             assert guest.power_status() == "off"
             # The quick wipe zeroed the partition table and boot sector the image had.

@@ -25,6 +25,9 @@ from .base import (
     RamdiskReport,
 )
 from .fake import FakeBoot, FakeDeploy, FakeManagement, FakePower
+from .ipmi import IPMIManagement, IPMIPower
+from .pxe import PXEBoot
+from .ramdisk import RamdiskDeploy
 
 if TYPE_CHECKING:
     from services.conductor.settings import ConductorSettings
@@ -84,6 +87,10 @@ register(InterfaceKind.POWER, "fake", FakePower)
 register(InterfaceKind.BOOT, "fake", FakeBoot)
 register(InterfaceKind.DEPLOY, "fake", FakeDeploy)
 register(InterfaceKind.MANAGEMENT, "fake", FakeManagement)
+register(InterfaceKind.BOOT, "pxe", PXEBoot)
+register(InterfaceKind.DEPLOY, "ramdisk", RamdiskDeploy)
+register(InterfaceKind.POWER, "ipmi", IPMIPower)
+register(InterfaceKind.MANAGEMENT, "ipmi", IPMIManagement)
 
 
 class DriverFactory:

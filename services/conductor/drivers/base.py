@@ -19,6 +19,7 @@ from libs.db import PowerState
 from libs.errors import BadRequest, TetsuError
 
 if TYPE_CHECKING:
+    from libs.db import Database
     from services.conductor.settings import ConductorSettings
     from services.conductor.task_manager import Task
 
@@ -54,6 +55,9 @@ class DriverEnv:
 
     settings: ConductorSettings
     ramdisk_report: RamdiskReport
+    #: The conductor's database, for interfaces that read more than the node (the
+    #: ramdisk deploy reads the instance's image). None in tests that need no rows.
+    db: Database | None = None
 
 
 class BaseInterface(abc.ABC):

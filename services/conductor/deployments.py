@@ -132,6 +132,8 @@ class Deployments:
             self._validate(task, instance_id)
             step = "power off"
             steps.set_power(task, PowerState.OFF)
+            step = "preparing the deploy"
+            task.driver.deploy.prepare(task)
             step = "ramdisk boot set-up"
             steps.boot_ramdisk_next(task)
             step = "moving ports to the provisioning network"

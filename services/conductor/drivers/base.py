@@ -105,6 +105,10 @@ class BootInterface(BaseInterface):
 class DeployInterface(BaseInterface):
     kind = InterfaceKind.DEPLOY
 
+    def prepare(self, task: Task) -> None:
+        """Get ready what the deploy needs before the node powers on (an image to serve):
+        slow work done here does not keep a booted machine waiting."""
+
     @abc.abstractmethod
     def deploy(self, task: Task) -> None:
         """Start writing the instance's image; the ramdisk reports back when it is done."""

@@ -70,13 +70,17 @@ class RamdiskDeploy(DeployInterface):
                 f"the node has {task.node.boot_interface!r}"
             )
 
+    def prepare(self, task: Task) -> None:
+        """Publish the instance's image on the boot server (a download of a large
+        ``source_url`` image happens here, before the machine boots and waits for it)."""
+        self._publish(self._deployable_image(task))
+
     def deploy(self, task: Task) -> None:
         node_id = task.node.id
         token = self._token(task, "deploy")
-        image = self._image_of(task)
-        if image.size is None or image.sha256 is None:
-            raise DriverError(f"image {image.name} has no data yet (status {image.status})")
-        self._publish(image)
+        image = self._deployable_image(task)
+        self._publish(image)  # a no-op when prepare() did it: the link or copy is there
+        assert image.size is not None and image.sha256 is not None
         try:
             job = deploy_job(
                 node_id=node_id,
@@ -123,6 +127,12 @@ class RamdiskDeploy(DeployInterface):
             self.tree.write_job(node_id, job)
         except OSError as exc:
             raise DriverError(f"writing the ramdisk's job failed: {exc}") from exc
+
+    def _deployable_image(self, task: Task) -> Image:
+        image = self._image_of(task)
+        if image.size is None or image.sha256 is None:
+            raise DriverError(f"image {image.name} has no data yet (status {image.status})")
+        return image
 
     def _image_of(self, task: Task) -> Image:
         """The image of the instance the node is claimed for."""

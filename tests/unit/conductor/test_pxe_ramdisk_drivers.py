@@ -291,6 +291,29 @@ def test_deploy_of_a_url_image_downloads_it_once(
     assert [p.name for p in cached.parent.iterdir()] == [image.id]  # no partial file left
 
 
+def test_prepare_downloads_the_image_before_the_job_exists(
+    cloud: Cloud,
+    tasks: TaskManager,
+    settings: ConductorSettings,
+    source: ImageSource,
+) -> None:
+    data = b"x" * 4096
+    source.files["/images/early.raw"] = data
+    image = make_image(cloud, data, source_url=source.url("/images/early.raw"))
+    node_id = pxe_node(cloud)
+    claimed_instance(cloud, node_id, image)
+    tree = BootTree(settings.boot_root)
+
+    with acquire(tasks, node_id) as task:
+        task.driver.deploy.prepare(task)  # no callback token needed yet
+    assert tree.image(image.id).read_bytes() == data
+    assert not tree.job(node_id).exists()  # the ramdisk is not told anything yet
+    with acquire(tasks, node_id) as task:
+        task.driver.deploy.deploy(with_token(task))
+    assert tree.job(node_id).exists()
+    assert source.requests == ["/images/early.raw"]  # deploy() reused the prepared copy
+
+
 def test_a_url_image_that_cannot_be_downloaded_fails_without_quoting_secrets(
     cloud: Cloud, tasks: TaskManager, settings: ConductorSettings, source: ImageSource
 ) -> None:

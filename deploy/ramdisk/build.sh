@@ -71,7 +71,7 @@ for tool in cpio gzip modinfo; do
     command -v "$tool" >/dev/null || missing "$tool"
 done
 applets=$(/bin/busybox --list)
-for applet in sh nc udhcpc sha256sum timeout dd tee insmod poweroff mkfifo; do
+for applet in sh nc wget udhcpc sha256sum timeout dd insmod poweroff mkfifo; do
     grep -qx "$applet" <<< "$applets" || die "/bin/busybox has no '$applet' applet"
 done
 

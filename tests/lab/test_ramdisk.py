@@ -86,7 +86,10 @@ class LabHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass  # the tests assert on what the nodes did, not on access lines
 
-    def do_GET(self) -> None:
+    def do_HEAD(self) -> None:
+        self.do_GET(head=True)
+
+    def do_GET(self, head: bool = False) -> None:
         kind, _, name = self.path.lstrip("/").partition("/")
         if kind == "jobs" and name in self.server.nodes:
             site = self.server.nodes[name]
@@ -102,8 +105,9 @@ class LabHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(path.stat().st_size))
             self.end_headers()
-            with path.open("rb") as image:
-                shutil.copyfileobj(image, self.wfile, MIB)
+            if not head:
+                with path.open("rb") as image:
+                    shutil.copyfileobj(image, self.wfile, MIB)
             return
         self._reply(404, b"not found\n")
 

@@ -130,3 +130,26 @@ ensure_lab() {
             "virtualbmc==$VIRTUALBMC_VERSION"
     fi
 }
+
+ensure_docker() {
+    # A Docker engine and debootstrap, for the `docker compose up` test (its images are
+    # built from Debian packages: no image registry is needed). Best effort: where the
+    # engine cannot start, that one test is skipped and says why.
+    if ! docker info >/dev/null 2>&1; then
+        command -v dockerd >/dev/null || apt_install docker.io
+    fi
+    command -v debootstrap >/dev/null || apt_install debootstrap
+    docker info >/dev/null 2>&1 && return 0
+    log "starting dockerd"
+    if have_systemd; then
+        as_root systemctl start docker || true
+    else
+        as_root sh -c 'nohup dockerd >/var/log/tetsu-dockerd.log 2>&1 &'
+    fi
+    local i
+    for ((i = 0; i < 60; i++)); do
+        docker info >/dev/null 2>&1 && return 0
+        sleep 1
+    done
+    log "dockerd did not start (see /var/log/tetsu-dockerd.log): the docker compose test will be skipped"
+}

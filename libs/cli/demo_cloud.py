@@ -21,6 +21,7 @@ IMAGE = "demo-image"
 NETWORK = "demo-net"
 DEMO_IMAGE_BYTES = b"tetsu demo disk image\n" * 4096  # ~90 KB, uploaded to the API
 NODE_FAKE_DELAY = 1.0  # seconds each simulated ramdisk run takes: visible progress
+CLEAN_RETRIES = 3  # a demo node that failed cleaning is provided again this many times
 
 
 class DemoFailed(Exception):
@@ -34,6 +35,35 @@ def _find_or_create(collection: Collection, name: str, body: Resource) -> Resour
         if exc.status != 404:
             raise
     return collection.create(body)
+
+
+def wait_for_conductors(api: APIClient, *, console: Console, timeout: float = 120.0) -> int:
+    """Wait until at least one conductor heartbeats: a node can be managed only through one
+    (a stack started all at once has an API before its conductors). Returns how many."""
+    try:
+        return poll(
+            lambda: sum(1 for c in api.json("GET", "/v1/conductors")["conductors"] if c["alive"]),
+            lambda alive: f"{alive} alive",
+            lambda alive: alive > 0,
+            what="conductors",
+            timeout=timeout,
+            interval=0.5,
+            runtime=Runtime(),
+            console=console,
+        )
+    except WaitTimedOut:
+        raise DemoFailed(f"no conductor is alive after {timeout:g} s") from None
+
+
+def _provide(api: APIClient, node: Resource) -> None:
+    """Move a demo node on towards available: from enroll, manageable, or clean failed (its
+    cleaning can fail when the stack is still starting, e.g. before netctl listens)."""
+    state = node["provision_state"]
+    if state in ("enroll", "clean failed"):
+        api.nodes.set_provision_state(node["id"], "manage")
+        state = api.nodes.get(node["id"])["provision_state"]
+    if state == "manageable":
+        api.nodes.set_provision_state(node["id"], "provide")
 
 
 def seed(api: APIClient, *, nodes: int, console: Console, timeout: float = 120.0) -> None:
@@ -74,16 +104,26 @@ def seed(api: APIClient, *, nodes: int, console: Console, timeout: float = 120.0
                 }
             )
             api.ports.create({"address": f"52:54:00:de:00:{i:02x}", "node_id": node["id"]})
-        if node["provision_state"] == "enroll":
-            api.nodes.set_provision_state(node["id"], "manage")
-            node = api.nodes.get(node["id"])
-        if node["provision_state"] == "manageable":
-            api.nodes.set_provision_state(node["id"], "provide")
+        _provide(api, node)
+    retries: dict[str, int] = {}
+
+    def states() -> list[str]:
+        demo = [n for n in api.nodes.list() if n["name"].startswith("demo-")]
+        for node in demo:
+            if node["provision_state"] != "clean failed":
+                continue
+            if retries.get(node["name"], 0) >= CLEAN_RETRIES:
+                raise DemoFailed(
+                    f"demo node {node['name']} failed cleaning {CLEAN_RETRIES + 1} times: "
+                    f"{node.get('last_error')}"
+                )
+            retries[node["name"]] = retries.get(node["name"], 0) + 1
+            _provide(api, node)
+        return [n["provision_state"] for n in demo]
+
     try:
         poll(
-            lambda: [
-                n["provision_state"] for n in api.nodes.list() if n["name"].startswith("demo-")
-            ],
+            states,
             lambda states: f"{states.count('available')} of {nodes} available",
             lambda states: states.count("available") + states.count("active") >= nodes,
             what="demo nodes",

@@ -44,6 +44,7 @@ app.add_typer(users.app, name="user")
 app.command("login")(login.login)
 app.command("service")(ops.service_command)
 app.command("all-in-one")(ops.all_in_one_command)
+app.command("demo-seed")(ops.demo_seed_command)
 app.add_typer(ops.db_app, name="db")
 
 UrlOption = Annotated[

@@ -19,8 +19,17 @@ from libs.db import SchemaMissing, upgrade
 from libs.log import setup_logging
 
 from .client import APIError
-from .demo_cloud import DemoFailed, seed_and_deploy
+from .demo_cloud import (
+    FLAVOR,
+    IMAGE,
+    NETWORK,
+    DemoFailed,
+    seed,
+    seed_and_deploy,
+    wait_for_conductors,
+)
 from .processes import ServiceName, run_service, wait_for_signal
+from .session import EndpointOption, TokenOption, connect, fail
 
 console = Console()
 LOG = logging.getLogger(__name__)
@@ -142,3 +151,35 @@ def all_in_one_command(
         wait_for_signal()
     finally:
         stack.stop()
+
+
+def demo_seed_command(
+    ctx: typer.Context,
+    nodes: Annotated[
+        int, typer.Option(min=0, max=500, help="Demo nodes to enroll (0: enroll nothing).")
+    ] = 4,
+    timeout: Annotated[
+        float,
+        typer.Option(min=1, help="Seconds to wait for a conductor, then for the nodes."),
+    ] = 300.0,
+    endpoint: EndpointOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Enroll demo nodes (fake hardware) and a flavor, an image and a network over the API.
+
+    What `tetsu all-in-one --demo` sets up, for a stack whose services run apart (the
+    compose file's `seed` step). Waits for a conductor, then until the nodes are
+    available. Safe to run again: what exists already is kept.
+    """
+    if nodes == 0:  # how a compose stack for real machines turns its seed step off
+        console.print("no demo nodes asked for (--nodes 0): nothing to do")
+        return
+    with connect(ctx, endpoint, token) as api:
+        try:
+            wait_for_conductors(api, console=console, timeout=timeout)
+            seed(api, nodes=nodes, console=console, timeout=timeout)
+        except DemoFailed as exc:
+            raise fail(str(exc)) from None
+    console.print(
+        f"demo cloud ready: {nodes} nodes, flavor {FLAVOR}, image {IMAGE}, network {NETWORK}"
+    )

@@ -37,3 +37,33 @@ def test_a_server_that_never_becomes_active_fails_the_demo(api):
     assert str(failed.value) == (
         "demo-server is not ACTIVE after 0.2 s (still BUILD, task scheduling)"
     )
+
+
+def test_a_node_that_keeps_failing_cleaning_is_retried_then_named(api):
+    # Left "clean failed" by an earlier run (e.g. started before netctl listened).
+    api.add(
+        "nodes",
+        name="demo-01",
+        provision_state="clean failed",
+        target_provision_state=None,
+        last_error="moving ports failed: NoConsumer",
+    )
+    api.fail_clean = "moving ports failed: NoConsumer"
+
+    def conductor_at_work(request: httpx.Request) -> httpx.Response:
+        # Each look at the node list finds the conductor done with every queued step.
+        if request.method == "GET" and request.url.path == "/v1/nodes":
+            for node in api.items["nodes"].values():
+                while api.steps.get(node["id"]):
+                    api._advance(node)
+        response: httpx.Response = api.handle(request)
+        return response
+
+    api.handler = conductor_at_work
+    with client(api) as demo_api, pytest.raises(DemoFailed) as failed:
+        seed(demo_api, nodes=1, console=quiet(), timeout=30)
+    assert str(failed.value) == (
+        "demo node demo-01 failed cleaning 4 times: moving ports failed: NoConsumer"
+    )
+    provides = [r for r in api.calls("PUT", "/v1/nodes/") if b"provide" in r.content]
+    assert len(provides) == 4

@@ -258,6 +258,13 @@ def test_two_instances_become_active_on_two_guests_that_then_boot_their_disks(
             assert guest.power_status() == "on"
             assert "Hard-Drive" in guest.ipmitool("chassis", "bootparam", "get", "5")
             assert hashlib.sha256(guest.disk.read_bytes()[:size]).hexdigest() == sha256
+            # The ramdisk's token was single-use: a forged or replayed callback is refused.
+            forged = httpx.post(
+                f"{baremetal.stack.endpoint}/v1/nodes/{node_id}/callback",
+                json={"token": "forged", "success": False, "message": "pwned"},
+            )
+            assert forged.status_code == 401
+            assert node(admin, node_id)["provision_state"] == "active"
     baremetal.shared["instance_ids"] = instance_ids
 
 

@@ -28,6 +28,8 @@ Builds the deploy ramdisk into DIR (default: deploy/ramdisk/build/):
   vmlinuz    a copy of /boot/vmlinuz-VERSION (default: the newest *-cloud-amd64)
   initramfs  gzip'd newc cpio: busybox-static, deploy/ramdisk/init as /init, the kernel
              modules for virtio (and real disks/NICs when the kernel has them as modules)
+Both are links into DIR/current, a link to the newest build's folder (DIR/.build-*),
+switched to a new build only once it is complete.
 Needs: $INSTALL_HINT
 USAGE
 }
@@ -124,24 +126,50 @@ printf '%s\n' "${ORDER[@]}" > "$STAGE/etc/tetsu/modules"
 # --- the two files the boot server serves -------------------------------------------------
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
-# Written next to the result, then renamed: a boot server reading them meanwhile never
-# serves half a file.
+# Each build goes into a folder of its own next to the result; OUT/current is a link to the
+# newest complete one and OUT/vmlinuz, OUT/initramfs are links through it. Replacing that
+# one link (a rename) switches both files at once, so a reader never sees a kernel of one
+# build with an initramfs of another, nor half of a file.
+BUILD=$(mktemp -d "$OUT/.build-XXXXXXXX")
+trap 'rm -rf "$STAGE" "$BUILD"' EXIT  # until it is the current build
+chmod 0755 "$BUILD"
 (cd "$STAGE" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) \
-    | gzip -6 -n > "$OUT/initramfs.tmp"
-cp "$VMLINUZ" "$OUT/vmlinuz.tmp"
-mv -f "$OUT/initramfs.tmp" "$OUT/initramfs"
-mv -f "$OUT/vmlinuz.tmp" "$OUT/vmlinuz"
+    | gzip -6 -n > "$BUILD/initramfs"
+cp "$VMLINUZ" "$BUILD/vmlinuz"
 
-kernel_bytes=$(stat -c %s "$OUT/vmlinuz")
-initramfs_bytes=$(stat -c %s "$OUT/initramfs")
+kernel_bytes=$(stat -c %s "$BUILD/vmlinuz")
+initramfs_bytes=$(stat -c %s "$BUILD/initramfs")
 total=$((kernel_bytes + initramfs_bytes))
-elapsed=$(echo "$started $(date +%s.%N)" | awk '{printf "%.1f", $2 - $1}')
 mib() { awk -v b="$1" 'BEGIN {printf "%.1f MiB", b / 1048576}'; }
+if [[ $total -gt $MAX_TOTAL_BYTES ]]; then
+    # The build in use stays: nodes keep booting what worked.
+    die "kernel + initramfs are $(mib "$total"), over the $(mib "$MAX_TOTAL_BYTES") budget"
+fi
+
+# replace_link TARGET NAME: makes OUT/NAME a link to TARGET by a rename (atomic).
+replace_link() {
+    local temporary
+    temporary="$OUT/.$2.$(basename "$BUILD").tmp"
+    ln -sfn "$1" "$temporary"
+    mv -fT "$temporary" "$OUT/$2"
+}
+previous=$(readlink "$OUT/current" 2>/dev/null || true)
+replace_link "$(basename "$BUILD")" current
+trap 'rm -rf "$STAGE"' EXIT
+for name in vmlinuz initramfs; do
+    # Once per OUT (an earlier layout held the files themselves); a no-op afterwards.
+    [[ "$(readlink "$OUT/$name" 2>/dev/null)" == "current/$name" ]] \
+        || replace_link "current/$name" "$name"
+done
+# The build this one replaced (not every other: one may be in progress beside this one). A
+# machine downloading from it holds its file open, and Linux keeps the data until then.
+if [[ "$previous" == .build-* && "$previous" != "$(basename "$BUILD")" ]]; then
+    rm -rf "${OUT:?}/$previous"
+fi
+
+elapsed=$(echo "$started $(date +%s.%N)" | awk '{printf "%.1f", $2 - $1}')
 echo "kernel     $KERNEL_VERSION"
 echo "modules    ${#ORDER[@]}: ${ORDER[*]}"
 echo "vmlinuz    $OUT/vmlinuz  $(mib "$kernel_bytes")"
 echo "initramfs  $OUT/initramfs  $(mib "$initramfs_bytes")"
 echo "total      $(mib "$total"), built in ${elapsed} s"
-if [[ $total -gt $MAX_TOTAL_BYTES ]]; then
-    die "kernel + initramfs are $(mib "$total"), over the $(mib "$MAX_TOTAL_BYTES") budget"
-fi

@@ -20,7 +20,7 @@ from typing import Any, cast
 import pytest
 
 from libs.db import Node, PowerState
-from services.conductor.drivers import BootDevice, DriverEnv, DriverError
+from services.conductor.drivers import BootDevice, DriverEnv, DriverError, ipmi
 from services.conductor.drivers.ipmi import IPMIManagement, IPMIPower
 from services.conductor.settings import ConductorSettings
 from services.conductor.task_manager import Task
@@ -252,6 +252,24 @@ def test_a_bmc_that_went_silent_is_usable_again_once_it_answers(bmc: BMCProcess,
     assert power.get_power_state(task) == PowerState.ON
 
 
+def test_an_attempt_given_up_before_its_login_does_not_hold_up_the_next(
+    bmc: BMCProcess, power: IPMIPower, settings: ConductorSettings
+):
+    """An attempt the caller gave up on before its session sent anything (a helper thread
+    that started late) must leave nothing behind in pyghmi's tables: the next operation
+    on that BMC waited a whole ipmi_timeout for the login that never came."""
+    task = node_task(bmc.port)
+    target = ipmi._target(task, settings, "ipmi power")
+    late = ipmi._Attempt(target, ipmi._read_power)
+    late.abandon()  # the caller's deadline passed before the helper thread ran
+    late.run()
+    assert isinstance(late.error, ipmi._Failure)
+
+    started = time.monotonic()
+    assert power.get_power_state(task) == PowerState.OFF
+    assert time.monotonic() - started < 1.0  # not the 5 s ipmi_timeout, then a retry
+
+
 def test_sessions_one_after_another_to_the_same_bmc_each_work(bmc: BMCProcess, power: IPMIPower):
     """pyghmi hung on the second session to a BMC when given str credentials."""
     task = node_task(bmc.port, ipmi_retries=1)
@@ -276,12 +294,15 @@ def test_answers_are_taken_as_they_come_not_at_pyghmis_resend_timer(
     """pyghmi slept 0.5-1 s on an answer that came in before it began to wait (1 command
     in 20 against a BMC on the same host)."""
     task = node_task(bmc.port, ipmi_retries=1)
-    slowest = 0.0
-    for _ in range(100):
+    durations = []
+    for _ in range(200):
         started = time.monotonic()
         power.get_power_state(task)
-        slowest = max(slowest, time.monotonic() - started)
-    assert slowest < 0.45  # pyghmi's first resend comes 0.5 s or more after the command
+        durations.append(time.monotonic() - started)
+    # pyghmi's first resend comes 0.5 s or more after the command: with the bug about 10 of
+    # 200 wait for it; a loaded machine may stall one or two on its own.
+    slow = [round(d, 2) for d in durations if d >= 0.45]
+    assert len(slow) <= 2, slow
 
 
 def test_concurrent_operations_on_one_bmc_and_on_several(

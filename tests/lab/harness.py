@@ -12,12 +12,16 @@ bridge, with dnsmasq in a network namespace of the lab's own.
 
 Everything is made fresh (leftovers of an earlier, killed run are removed first) and torn
 down afterwards; daemons the lab needs (libvirtd, virtlogd, Open vSwitch) are started when
-they are not running and left running, like the machine's other services.
+they are not running and left running, like the machine's other services. One lab runs on
+a machine at a time: a lab holds an exclusive lock (``LOCK_FILE``) for its lifetime, and
+another waits for it, so what looks like a leftover is never a lab that is running.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import itertools
 import os
 import secrets
 import shutil
@@ -55,6 +59,11 @@ QEMU_CONF = textwrap.dedent(
 
 INSTALL_HINT = "run ./scripts/test once (it installs the lab's packages), or see docs/lab.md"
 
+LOCK_FILE = Path(os.environ.get("TETSU_LAB_LOCK", "/run/tetsu-lab.lock"))
+LOCK_WAIT = 900.0  # seconds to wait for a lab that is running (a full lab run takes ~2 min)
+#: Options whose value is a secret: masked in the text of a failed command.
+SECRET_OPTIONS = frozenset({"--password"})
+
 
 class LabError(RuntimeError):
     """The lab could not be set up on this machine."""
@@ -63,15 +72,30 @@ class LabError(RuntimeError):
 def run(
     *args: str, check: bool = True, timeout: float = 60.0, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        list(args), capture_output=True, text=True, timeout=timeout, check=False, env=env
-    )
+    try:
+        result = subprocess.run(
+            list(args), capture_output=True, text=True, timeout=timeout, check=False, env=env
+        )
+    except subprocess.TimeoutExpired:
+        raise LabError(_masked(args, f"{' '.join(args)} timed out after {timeout:g} s")) from None
     if check and result.returncode != 0:
         raise LabError(
-            f"{' '.join(args)} failed (rc {result.returncode}): "
-            f"{(result.stderr or result.stdout).strip()}"
+            _masked(
+                args,
+                f"{' '.join(args)} failed (rc {result.returncode}): "
+                f"{(result.stderr or result.stdout).strip()}",
+            )
         )
     return result
+
+
+def _masked(args: Sequence[str], text: str) -> str:
+    """``text`` without the values of ``args``' secret options (vbmc takes the BMC's
+    password on its command line), wherever they appear."""
+    for option, value in itertools.pairwise(args):
+        if option in SECRET_OPTIONS and value:
+            text = text.replace(value, "***")
+    return text
 
 
 def netns(namespace: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -139,8 +163,35 @@ def ensure_openvswitch() -> None:
         raise LabError("Open vSwitch did not start (ovs-ctl start)")
 
 
+@contextlib.contextmanager
+def exclusive(lock_file: Path = LOCK_FILE, wait: float = LOCK_WAIT) -> Iterator[None]:
+    """Hold the machine's lab lock: wait up to ``wait`` seconds for a lab that runs now.
+    The kernel drops the lock when its holder dies, so a killed run leaves none behind."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    holder = lock_file.read_text().strip() or "unknown"
+                    raise LabError(
+                        f"another lab (pid {holder}) has held {lock_file} for over {wait:.0f} s"
+                    ) from None
+                time.sleep(1.0)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def remove_stale() -> None:
-    """Remove what an earlier run that was killed left behind (same names, same subnet)."""
+    """Remove what an earlier run that was killed left behind (same names, same subnet).
+    Only under the lab lock (:func:`exclusive`): a lab that runs holds it."""
     domains = run("virsh", "-c", LIBVIRT_URI, "list", "--all", "--name", check=False).stdout
     for name in domains.split():
         if name.startswith(NAME_PREFIX):
@@ -367,25 +418,26 @@ def lab(
     boot server makes it); None starts a plain DHCP server.
     """
     check_prerequisites()
-    ensure_libvirtd()
-    ensure_openvswitch()
-    remove_stale()
-    workdir.mkdir(parents=True, exist_ok=True)
-    lab_id = secrets.token_hex(2)
-    the_lab = Lab(
-        workdir=workdir,
-        lab_id=lab_id,
-        bridge=f"{BRIDGE_PREFIX}{lab_id}",
-        namespace=f"{NAME_PREFIX}-{lab_id}",
-    )
-    try:
-        _make_network(the_lab)
-        _start_dnsmasq(the_lab, dnsmasq_config, hostsdir)
-        _start_vbmcd(the_lab)
-        _make_guests(the_lab, guests, disk_mb, memory_mb)
-        yield the_lab
-    finally:
-        _tear_down(the_lab)
+    with exclusive():
+        ensure_libvirtd()
+        ensure_openvswitch()
+        remove_stale()
+        workdir.mkdir(parents=True, exist_ok=True)
+        lab_id = secrets.token_hex(2)
+        the_lab = Lab(
+            workdir=workdir,
+            lab_id=lab_id,
+            bridge=f"{BRIDGE_PREFIX}{lab_id}",
+            namespace=f"{NAME_PREFIX}-{lab_id}",
+        )
+        try:
+            _make_network(the_lab)
+            _start_dnsmasq(the_lab, dnsmasq_config, hostsdir)
+            _start_vbmcd(the_lab)
+            _make_guests(the_lab, guests, disk_mb, memory_mb)
+            yield the_lab
+        finally:
+            _tear_down(the_lab)
 
 
 def _make_network(lab: Lab) -> None:

@@ -332,6 +332,9 @@ def test_a_stopped_bmc_is_recorded_as_a_power_failure_and_nothing_stays_stuck(
 def test_a_wrong_checksum_fails_the_deploy_with_that_reason(
     baremetal: Baremetal, tmp_path: Path
 ) -> None:
+    """A source_url image whose data is not its sha256: the conductor finds it out as it
+    downloads (before the machine is powered on; the ramdisk's own check of what it wrote
+    is covered by test_ramdisk.py). Whoever finds it, the user sees why."""
     _, size = make_marker_image(baremetal.files / "b.img", "TETSU-LAB-IMAGE-B", 2 * MiB)
     wrong = "0" * 64
     with baremetal.stack.client() as admin:
@@ -363,6 +366,7 @@ def test_a_wrong_checksum_fails_the_deploy_with_that_reason(
             if node(admin, n)["provision_state"] == "deploy failed"
         ]
         assert len(failed) == 1
+        assert "checksum mismatch" in failed[0]["last_error"]
         assert f"expected {wrong}" in failed[0]["last_error"]
         assert failed[0]["reservation"] is None
         assert baremetal.guest_of(failed[0]["id"]).power_status() == "off"

@@ -148,11 +148,15 @@ def server() -> Iterator[LabServer]:
 
 @dataclass
 class Boot:
-    """One machine: its disk (None: no disk at all) and what it did."""
+    """One machine: its first disk (None: no disk at all), its other disks, and what it
+    did."""
 
     name: str
     disk: Path | None
     token: str
+    more_disks: list[Path] = field(default_factory=list)
+    #: A disk that reports itself removable (a SCSI disk, like a BMC's virtual USB stick).
+    removable_disk: Path | None = None
     serial: str = ""
     seconds_to_callback: float | None = None
     exit_code: int | None = None
@@ -193,8 +197,14 @@ def run_boot(ramdisk: Ramdisk, server: LabServer, boot: Boot, workdir: Path) -> 
         "-device", "virtio-net-pci,netdev=n0,romfile=",
         "-serial", f"file:{log}",
     ]  # fmt: skip
-    if boot.disk is not None:
-        command += ["-drive", f"file={boot.disk},if=virtio,format=raw"]
+    for disk in [boot.disk, *boot.more_disks] if boot.disk is not None else []:
+        command += ["-drive", f"file={disk},if=virtio,format=raw"]
+    if boot.removable_disk is not None:
+        command += [
+            "-device", "virtio-scsi-pci,id=scsi0",
+            "-drive", f"file={boot.removable_disk},if=none,id=stick,format=raw",
+            "-device", "scsi-hd,drive=stick,bus=scsi0.0,removable=on",
+        ]  # fmt: skip
     started = time.monotonic()
     qemu = subprocess.Popen(
         command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -290,6 +300,8 @@ def lab(ramdisk: Ramdisk, server: LabServer, tmp_path_factory: pytest.TempPathFa
         "mismatch": work / "mismatch.disk",
         "missing": work / "missing.disk",
         "quick": patterned_disk(work / "quick.disk", 16 * MIB),
+        "quick-2": patterned_disk(work / "quick-2.disk", 4 * MIB),
+        "quick-stick": patterned_disk(work / "quick-stick.disk", 4 * MIB),
         # Not a whole number of MiB: the wipe's last piece is smaller than its blocks.
         "full": patterned_disk(work / "full.disk", 8 * MIB + 3 * 512),
     }
@@ -299,8 +311,15 @@ def lab(ramdisk: Ramdisk, server: LabServer, tmp_path_factory: pytest.TempPathFa
     add_partition(disks["quick"], start_sector=8192, sectors=8192)
     # The quick wipe's expected result: which ranges hold the pattern still.
     untouched = [(MIB, 4 * MIB), (5 * MIB, 15 * MIB)]
-    pattern_sha256 = {"quick": {span: range_sha256(disks["quick"], *span) for span in untouched}}
+    pattern_sha256 = {
+        "quick": {span: range_sha256(disks["quick"], *span) for span in untouched},
+        "quick-2": {(MIB, 3 * MIB): range_sha256(disks["quick-2"], MIB, 3 * MIB)},
+        "quick-stick": {(0, 4 * MIB): range_sha256(disks["quick-stick"], 0, 4 * MIB)},
+    }
     boots = {name: Boot(name, disks.get(name), token[name]) for name in server.nodes}
+    # Cleaning wipes every disk but a removable one.
+    boots["quick"].more_disks = [disks["quick-2"]]
+    boots["quick"].removable_disk = disks["quick-stick"]
     with ThreadPoolExecutor(len(boots)) as pool:
         for _ in pool.map(lambda boot: run_boot(ramdisk, server, boot, work), boots.values()):
             pass
@@ -362,17 +381,27 @@ def test_a_machine_without_disk_reports_it(lab: Lab) -> None:
     assert assert_reported(lab, "nodisk", success=False) == "no disk found"
 
 
-def test_quick_clean_zeroes_the_disk_edges_and_partition_starts(lab: Lab) -> None:
+def test_quick_clean_zeroes_every_disks_edges_and_partition_starts(lab: Lab) -> None:
     message = assert_reported(lab, "quick", success=True)
-    assert "/dev/vda" in message
-    disk = lab.boots["quick"].disk
-    assert disk is not None
-    size = disk.stat().st_size
+    assert message == (
+        "wiped the first and last MiB of /dev/vda and the first MiB of 1 partition(s); "
+        "wiped the first and last MiB of /dev/vdb and the first MiB of 0 partition(s)"
+    )
+    boot = lab.boots["quick"]
+    assert boot.disk is not None and boot.removable_disk is not None
+    second = boot.more_disks[0]
     zero = hashlib.sha256(bytes(MIB)).hexdigest()
-    for start in (0, 4 * MIB, size - MIB):
-        assert range_sha256(disk, start, start + MIB) == zero, f"MiB at {start} not wiped"
-    for span, sha256 in lab.pattern_sha256["quick"].items():
-        assert range_sha256(disk, *span) == sha256, f"{span} changed"
+    wiped = [(boot.disk, 0), (boot.disk, 4 * MIB), (boot.disk, boot.disk.stat().st_size - MIB)]
+    wiped += [(second, 0), (second, second.stat().st_size - MIB)]
+    for disk, start in wiped:
+        assert range_sha256(disk, start, start + MIB) == zero, f"{disk.name}@{start} not wiped"
+    kept = [(boot.disk, "quick"), (second, "quick-2"), (boot.removable_disk, "quick-stick")]
+    for disk, key in kept:
+        for span, sha256 in lab.pattern_sha256[key].items():
+            assert range_sha256(disk, *span) == sha256, f"{disk.name} {span} changed"
+    lines = [line.strip() for line in boot.serial.splitlines()]
+    assert "tetsu-ramdisk: disks to wipe: vda vdb" in lines
+    assert "tetsu-ramdisk: not wiping removable /dev/sda" in boot.serial
 
 
 def test_full_clean_zeroes_the_whole_disk(lab: Lab) -> None:

@@ -1,15 +1,19 @@
 """The boot server's HTTP side: iPXE scripts, the ramdisk, jobs and images, read-only.
 
 GET and HEAD of regular files under the root, streamed with ``sendfile`` (images are
-hundreds of MiB), with ``Content-Length``; anything else is a 404. There are no
-directory listings: ``/jobs/`` holds the ramdisks' callback tokens. Links are followed
-(images are links to the API's files), but a path cannot climb out of the root.
+hundreds of MiB), with ``Content-Length``; a path that names nothing servable is a 404,
+another method a 501. There are no directory listings and no hidden (dot) files, such as
+temporary files and partial downloads. Links are followed (images are links to the API's
+files), but a path cannot climb out of the root. A job (``/jobs/<node_id>``) carries a
+callback token and is served once: the first GET that receives all of it removes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import secrets
 import socket
 import socketserver
 import stat
@@ -18,6 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
+
+from .tree import JOBS_DIR
 
 LOG = logging.getLogger(__name__)
 
@@ -63,10 +69,42 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, *, with_body: bool) -> None:
         path = self._local_path()
-        fd = _open_regular(path) if path is not None else None
-        if path is None or fd is None:
+        if path is None:
             self._not_found(with_body)
             return
+        if with_body and path.parent.name == JOBS_DIR and path.parent.parent == self._root():
+            self._serve_once(path)
+            return
+        fd = _open_regular(path)
+        if fd is None:
+            self._not_found(with_body)
+            return
+        self._send_file(path, fd, with_body=with_body)
+
+    def _serve_once(self, path: Path) -> None:
+        """Serve a job and remove it once it has all been sent. Taken out of the way
+        first (renamed to a hidden name), so two requests at once cannot both have it."""
+        claimed = path.with_name(f".{path.name}.{secrets.token_hex(4)}.sending")
+        try:
+            os.rename(path, claimed)
+        except OSError:  # not there (not written yet, or fetched already)
+            self._not_found(with_body=True)
+            return
+        fd = _open_regular(claimed)
+        sent = fd is not None and self._send_file(path, fd, with_body=True)
+        if not sent:
+            # Not regular, or the transfer broke: the job stays for the next GET, unless
+            # the conductor has written a new one meanwhile.
+            with contextlib.suppress(OSError):
+                os.link(claimed, path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(claimed)
+        if fd is None:
+            self._not_found(with_body=True)
+
+    def _send_file(self, path: Path, fd: int, *, with_body: bool) -> bool:
+        """Answer 200 with the file open as ``fd`` (closed here). Whether the body, when
+        asked for, was sent in full."""
         with os.fdopen(fd, "rb") as handle:
             size = os.fstat(fd).st_size
             self.send_response(200)
@@ -74,26 +112,33 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(size))
             self.end_headers()
             if not with_body or size == 0:
-                return
+                return True
             try:
-                self.connection.sendfile(handle, 0, size)
+                sent: int = self.connection.sendfile(handle, 0, size)
+                return sent == size
             except (BrokenPipeError, ConnectionResetError, TimeoutError) as exc:
                 # The machine rebooted or gave up; nothing to answer any more.
                 LOG.debug("boot server: %s aborted: %s", self._plain_path(), exc)
                 self.close_connection = True
+                return False
 
     def _local_path(self) -> Path | None:
         """The file the request names, or None if it names nothing we would serve."""
         parts = self._plain_path().split("/")
         names = [part for part in parts if part]
-        if not names or any(name in (".", "..") or "\\" in name or "\0" in name for name in names):
+        # No dot names: not "." or "..", nor the hidden files being written (a job's or
+        # an image's temporary file, a partial download).
+        if not names or any(name.startswith(".") or "\\" in name or "\0" in name for name in names):
             return None
-        root = cast(_Server, self.server).root
-        return root.joinpath(*names)
+        return self._root().joinpath(*names)
+
+    def _root(self) -> Path:
+        return cast(_Server, self.server).root
 
     def _plain_path(self) -> str:
-        # Only the path: a query string is never looked at, nor logged.
-        return unquote(urlsplit(self.path).path)
+        # Only the path: a query string is never looked at, nor logged. A request too
+        # malformed to parse has none.
+        return unquote(urlsplit(getattr(self, "path", "") or "").path)
 
     def _not_found(self, with_body: bool) -> None:
         body = b"not found\n"
@@ -107,7 +152,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         LOG.debug(
             "boot server: %s %s %s from %s",
-            self.command,
+            getattr(self, "command", None) or "-",
             self._plain_path(),
             code,
             self.client_address[0],

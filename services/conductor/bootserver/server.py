@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from .dhcp import DhcpHosts, hostsdir_for
 from .http import BootHTTPServer
@@ -34,10 +35,16 @@ class BootServer:
         self.tree = BootTree(settings.boot_root)
         self.dhcp = DhcpHosts(hostsdir_for(self.tree.root, settings.dhcp_hostsdir))
         self.http = BootHTTPServer(
-            self.tree.root, settings.boot_server_host, settings.boot_server_port
+            self.tree.root,
+            bind_host(settings.boot_server_host, settings.boot_server_url),
+            settings.boot_server_port,
         )
         self.tftp = (
-            TFTPServer(self.tree.tftp_root, settings.tftp_host, settings.tftp_port)
+            TFTPServer(
+                self.tree.tftp_root,
+                bind_host(settings.tftp_host, settings.boot_server_url),
+                settings.tftp_port,
+            )
             if settings.tftp_port
             else None
         )
@@ -54,6 +61,10 @@ class BootServer:
     def start(self) -> None:
         """Lay out the tree (``/boot.ipxe``, the ramdisk links, the iPXE builds for TFTP),
         then listen. BootServerError if the ramdisk is missing or a port is taken."""
+        if not self.http.host:
+            raise BootServerError(
+                "boot server: no address to listen on: set boot_server_url (or boot_server_host)"
+            )
         kernel = _ramdisk_file(self.settings.ramdisk_kernel, "ramdisk kernel")
         initramfs = _ramdisk_file(self.settings.ramdisk_initramfs, "ramdisk initramfs")
         self.tree.create()
@@ -67,7 +78,7 @@ class BootServer:
             self.http.start()
         except OSError as exc:
             raise BootServerError(
-                f"boot server: cannot listen on {self.settings.boot_server_host}:"
+                f"boot server: cannot listen on {self.http.host}:"
                 f"{self.settings.boot_server_port}: {exc.strerror or exc}"
             ) from exc
         if self.tftp is None:
@@ -78,7 +89,7 @@ class BootServer:
             self.http.stop()
             reason = exc.strerror if isinstance(exc, OSError) else None
             raise BootServerError(
-                f"boot server: cannot serve TFTP on {self.settings.tftp_host}:"
+                f"boot server: cannot serve TFTP on {self.tftp.host}:"
                 f"{self.settings.tftp_port}: {reason or exc}"
             ) from exc
 
@@ -87,6 +98,17 @@ class BootServer:
             self.tftp.stop()
         self.http.stop()
         LOG.info("boot server stopped")
+
+
+def bind_host(setting: str | None, boot_server_url: str | None) -> str:
+    """The address to listen on: ``setting``, else the host nodes reach the boot server at
+    (the provisioning network's, not every interface: jobs hold callback tokens). Empty
+    when neither is known."""
+    if setting:
+        return setting
+    if boot_server_url:
+        return urlsplit(boot_server_url).hostname or ""
+    return ""
 
 
 def _ramdisk_file(setting: Path, what: str) -> Path:

@@ -1,17 +1,19 @@
 """The boot server's TFTP side: the first chain step for machines whose network card does
 not run iPXE already (it fetches ``undionly.kpxe`` or ``ipxe.efi``, which then speaks
-HTTP). tftpy in a thread, read-only, stoppable.
+HTTP). tftpy in a thread, read-only (a write request gets "access violation"), stoppable.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import shutil
 import threading
 import time
 from pathlib import Path
 
 import tftpy  # type: ignore[import-untyped]  # no annotations shipped
+
+from .tree import write_atomic
 
 LOG = logging.getLogger(__name__)
 
@@ -25,18 +27,32 @@ START_TIMEOUT = 5.0
 
 
 def install_ipxe_roms(tftp_root: Path, source: Path = IPXE_DIR) -> list[str]:
-    """Copy the iPXE builds from ``source`` into ``tftp_root``. Returns those copied."""
+    """Copy the iPXE builds from ``source`` into ``tftp_root`` where the copy there differs
+    (an upgraded ``ipxe`` package, or a file changed in the root). Returns those served."""
     copied = []
     for name in IPXE_ROMS:
         rom = source / name
         if rom.is_file():
             target = tftp_root / name
-            if not target.is_file() or target.stat().st_size != rom.stat().st_size:
-                shutil.copyfile(rom, target)
+            if not target.is_file() or _sha256(target) != _sha256(rom):
+                # Atomically (a ROM is a few hundred KiB): a machine fetching it meanwhile gets
+                # the old build or the new one, never half of one.
+                write_atomic(target, rom.read_bytes())
             copied.append(name)
     if not copied:
         LOG.warning("boot server: no iPXE build in %s to serve over TFTP", source)
     return copied
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _refuse_upload(path: str, context: object) -> None:
+    """tftpy's upload hook: None makes it answer "access violation". Without a hook it
+    would write whatever a client sends into the root, over the served files."""
+    LOG.warning("boot server: TFTP upload refused (%r)", Path(path).name)
 
 
 def _quiet_tftpy() -> None:
@@ -64,7 +80,7 @@ class TFTPServer:
     def start(self) -> None:
         """Listen; OSError if the port cannot be had (port 69 needs root)."""
         _quiet_tftpy()
-        server = tftpy.TftpServer(str(self.root))
+        server = tftpy.TftpServer(str(self.root), upload_open=_refuse_upload)
         self._server = server
         self._error = None
         self._thread = threading.Thread(target=self._listen, name="boot-tftp", daemon=True)

@@ -178,7 +178,14 @@ class _Session(pyghmi_session.Session):  # type: ignore[misc]
 
     def login(self) -> None:
         # Every attribute is in place by now: from here on the attempt can stop us.
-        self._attempt.started(self)
+        try:
+            self._attempt.started(self)
+        except _Failure:
+            # Given up before the first packet: pyghmi has filed us as a login in progress
+            # for this BMC and would hand us to the next session asking for it, which then
+            # waits for a login that never comes. Stopping takes us out of its tables.
+            self.stop()
+            raise
         super().login()
 
     def _got_rmcp_response(self, data: bytearray) -> Any:

@@ -3,13 +3,15 @@ disks, and reports to the API's callback endpoint.
 
 The conductor's part is to publish what the ramdisk needs on the boot server: the image at
 ``/images/<image_id>`` (a link to the API's uploaded file, or a download of the image's
-``source_url`` cached there) and the job at ``/jobs/<node_id>`` (docs/baremetal.md). The
-image's checksum is checked by the ramdisk against what it wrote to the disk, not here.
+``source_url`` cached there) and the job at ``/jobs/<node_id>`` (docs/baremetal.md). A
+download is checked against the image's sha256 before it is cached; the ramdisk checks
+the checksum again against what it wrote to the disk.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import secrets
@@ -172,7 +174,8 @@ class RamdiskDeploy(DeployInterface):
 
     def _download(self, image: Image, url: str) -> None:
         """Download ``url`` to ``/images/<image_id>`` unless a copy of the image's size is
-        there already (a partial download never is: it is renamed into place at the end)."""
+        there already (a partial or corrupt download never is: it is renamed into place at
+        the end, once its size and sha256 are the image's)."""
         target = self.tree.image(image.id)
         with self._download_lock(image.id):
             if _is_cached(target, image.size):
@@ -181,11 +184,19 @@ class RamdiskDeploy(DeployInterface):
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
             try:
-                size = _fetch(url, partial, image.name)
+                size, sha256 = _fetch(url, partial, image.name)
                 if image.size is not None and size != image.size:
                     raise DriverError(
                         f"image {image.name} at {shown_url(url)} has {size} bytes, "
                         f"not the {image.size} the image says"
+                    )
+                expected = (image.sha256 or "").lower()
+                if expected and sha256 != expected:
+                    # Not cached: the next deploy downloads it again (the source may be
+                    # fixed by then), and no machine is given data that is not the image.
+                    raise DriverError(
+                        f"image {image.name} at {shown_url(url)}: checksum mismatch: "
+                        f"expected {expected}, got {sha256}"
                     )
                 os.replace(partial, target)
             except OSError as exc:
@@ -207,10 +218,12 @@ def _is_cached(path: Path, size: int | None) -> bool:
     return size is None or path.stat().st_size == size
 
 
-def _fetch(url: str, destination: Path, name: str) -> int:
-    """Stream ``url`` into ``destination``; the number of bytes written."""
+def _fetch(url: str, destination: Path, name: str) -> tuple[int, str]:
+    """Stream ``url`` into ``destination``; the number of bytes written and their sha256
+    (hashed on the way: an image can be far larger than memory and slow to read twice)."""
     shown = shown_url(url)
     written = 0
+    digest = hashlib.sha256()
     try:
         with httpx.stream("GET", url, timeout=DOWNLOAD_TIMEOUT, follow_redirects=True) as response:
             if response.status_code != 200:
@@ -220,9 +233,10 @@ def _fetch(url: str, destination: Path, name: str) -> int:
             with open(destination, "wb") as out:
                 for chunk in response.iter_bytes(DOWNLOAD_CHUNK):
                     out.write(chunk)
+                    digest.update(chunk)
                     written += len(chunk)
     except httpx.HTTPError as exc:
         # httpx's text may quote the URL, whose user, password or query can be secret.
         reason = str(exc).replace(url, shown) or type(exc).__name__
         raise DriverError(f"downloading image {name} from {shown} failed: {reason}") from exc
-    return written
+    return written, digest.hexdigest()

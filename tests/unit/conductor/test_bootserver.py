@@ -10,6 +10,7 @@ import resource
 import socket
 import stat
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,10 @@ from services.conductor.bootserver import (
     TFTPServer,
     dnsmasq_config,
 )
+from services.conductor.bootserver.server import bind_host
 from services.conductor.bootserver.tftp import install_ipxe_roms
+from services.conductor.rpcapi import live_conductors
+from services.conductor.service import ConductorService
 from tests.unit.conductor.conftest import Cloud, make_settings
 
 BOOT_URL = "http://10.77.0.254:8080"
@@ -47,6 +51,7 @@ def boot_settings(tmp_path: Path, ramdisk: tuple[Path, Path], **overrides: Any) 
         "boot_server_host": "127.0.0.1",
         "boot_server_port": 0,
         "boot_server_url": BOOT_URL,
+        "tftp_host": "127.0.0.1",
         "tftp_port": 0,
         "ramdisk_kernel": ramdisk[0],
         "ramdisk_initramfs": ramdisk[1],
@@ -181,6 +186,55 @@ def test_a_job_is_private_and_its_content_never_logged(
     assert "query-text" not in logged  # ...or the query string
 
 
+def test_a_job_is_served_once(server: BootServer) -> None:
+    """Its token is for the one machine that boots first: a second reader, be it the
+    machine or anyone else on the network, finds nothing."""
+    server.tree.write_job("node-1", "action=clean\ntoken=tok-1\n")
+    assert httpx.head(url(server, "/jobs/node-1")).status_code == 200  # a HEAD takes nothing
+    first = httpx.get(url(server, "/jobs/node-1"))
+    assert first.status_code == 200
+    assert first.text == "action=clean\ntoken=tok-1\n"
+    assert httpx.get(url(server, "/jobs/node-1")).status_code == 404
+    assert list((server.tree.root / "jobs").iterdir()) == []  # nothing left behind
+
+    server.tree.write_job("node-1", "action=clean\ntoken=tok-2\n")  # the next job
+    assert "tok-2" in httpx.get(url(server, "/jobs/node-1")).text
+
+
+def test_a_job_asked_for_by_many_at_once_goes_to_one(server: BootServer) -> None:
+    server.tree.write_job("node-1", "token=tok-race\n")
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(
+            pool.map(lambda _: httpx.get(url(server, "/jobs/node-1")).status_code, range(8))
+        )
+    assert sorted(statuses) == [200] + [404] * 7
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/jobs/.node-1.1a2b3c4d.tmp", "/images/.img-1.1a2b3c4d.part", "/.hidden", "/ipxe/.x"],
+)
+def test_hidden_files_are_not_served(server: BootServer, path: str) -> None:
+    """Temporary files (a job or script being written) and partial downloads are hidden
+    (dot) files next to their final name."""
+    (server.tree.root / path.lstrip("/")).write_text("token=half-written\n")
+    assert httpx.get(url(server, path)).status_code == 404
+
+
+def test_a_malformed_request_gets_an_answer_and_an_access_log_line(
+    server: BootServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.DEBUG, logger="services.conductor.bootserver"),
+        socket.create_connection(("127.0.0.1", server.port), timeout=5) as connection,
+    ):
+        connection.sendall(b"GET /x HTTP/9z\r\n\r\n")
+        answer = connection.recv(4096)
+    # No status line: an unknown version is answered the HTTP/0.9 way, with the page only.
+    assert b"Error code: 400" in answer
+    assert "boot server: -  400 from 127.0.0.1" in caplog.text
+
+
 def test_a_missing_ramdisk_stops_the_start_with_what_to_do(
     tmp_path: Path, ramdisk: tuple[Path, Path]
 ) -> None:
@@ -199,6 +253,38 @@ def test_a_port_in_use_stops_the_start(tmp_path: Path, ramdisk: tuple[Path, Path
         boot = BootServer(boot_settings(tmp_path, ramdisk, boot_server_port=port))
         with pytest.raises(BootServerError, match=f"cannot listen on 127.0.0.1:{port}"):
             boot.start()
+
+
+def test_a_tftp_upload_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    tftp_root = tmp_path / "tftp"
+    tftp_root.mkdir()
+    (tftp_root / "undionly.kpxe").write_bytes(b"the real iPXE")
+    (tmp_path / "evil.bin").write_bytes(b"not iPXE at all")
+    server = TFTPServer(tftp_root, "127.0.0.1", free_udp_port())
+    server.start()
+    try:
+        client = tftpy.TftpClient("127.0.0.1", server.port)
+        for name in ("undionly.kpxe", "new.kpxe", "sub/dir/new.kpxe"):
+            with pytest.raises(tftpy.TftpException, match="Access violation"):
+                client.upload(name, str(tmp_path / "evil.bin"), timeout=2)
+        # Still serving, and serving what it served before.
+        client.download("undionly.kpxe", str(tmp_path / "got.kpxe"), timeout=2)
+    finally:
+        server.stop()
+    assert (tmp_path / "got.kpxe").read_bytes() == b"the real iPXE"
+    assert sorted(p.name for p in tftp_root.iterdir()) == ["undionly.kpxe"]
+
+
+def test_ipxe_builds_are_copied_again_when_their_content_changes(tmp_path: Path) -> None:
+    roms, tftp_root = tmp_path / "roms", tmp_path / "tftp"
+    roms.mkdir()
+    tftp_root.mkdir()
+    (roms / "ipxe.efi").write_bytes(b"iPXE 1.21")
+    install_ipxe_roms(tftp_root, source=roms)
+    (roms / "ipxe.efi").write_bytes(b"iPXE 1.22")  # an upgrade of the same size
+    assert install_ipxe_roms(tftp_root, source=roms) == ["ipxe.efi"]
+    assert (tftp_root / "ipxe.efi").read_bytes() == b"iPXE 1.22"
+    assert sorted(p.name for p in tftp_root.iterdir()) == ["ipxe.efi"]  # no temporary left
 
 
 def test_ipxe_builds_are_downloaded_over_tftp(tmp_path: Path, ramdisk: tuple[Path, Path]) -> None:
@@ -236,6 +322,29 @@ def test_the_boot_server_serves_tftp_when_it_has_a_port(
         assert (tmp_path / "got.txt").read_text() == "hello over tftp"
     finally:
         boot.stop()
+
+
+def test_by_default_it_listens_on_the_boot_server_urls_address_only(
+    tmp_path: Path, ramdisk: tuple[Path, Path]
+) -> None:
+    assert bind_host(None, "http://10.77.0.254:8080/") == "10.77.0.254"
+    assert bind_host(None, "http://[fd77::1]:8080") == "fd77::1"
+    assert bind_host("0.0.0.0", "http://10.77.0.254:8080") == "0.0.0.0"
+
+    settings = boot_settings(
+        tmp_path, ramdisk, boot_server_host=None, boot_server_url="http://127.0.0.1:8080"
+    )
+    boot = BootServer(settings)
+    assert boot.http.host == "127.0.0.1"
+    assert boot.tftp is None  # tftp_port 0
+    with_tftp = BootServer(settings.model_copy(update={"tftp_port": free_udp_port()}))
+    assert with_tftp.tftp is not None and with_tftp.tftp.host == "127.0.0.1"
+
+    nowhere = BootServer(
+        boot_settings(tmp_path, ramdisk, boot_server_host=None, boot_server_url=None)
+    )
+    with pytest.raises(BootServerError, match="no address to listen on: set boot_server_url"):
+        nowhere.start()
 
 
 def test_dhcp_host_files_tag_a_mac_and_untag_it_without_deleting(tmp_path: Path) -> None:
@@ -322,6 +431,23 @@ def test_a_conductor_runs_a_boot_server_only_with_pxe_enabled(
     cloud.services.remove(service)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/boot.ipxe")
+
+
+def test_a_conductor_whose_start_fails_after_joining_leaves_the_ring(
+    cloud: Cloud, tmp_path: Path, ramdisk: tuple[Path, Path]
+) -> None:
+    settings = boot_settings(tmp_path, ramdisk, hostname="c-broken")
+    service = ConductorService(settings, cloud.db, cloud.transport)
+    # Its periodic work cannot start (here: it runs already), after the heartbeat.
+    service.manager.periodic.start()
+    with pytest.raises(RuntimeError, match="periodic tasks already started"):
+        service.start()
+
+    # Nobody routes nodes to it, and its boot server is gone with it.
+    assert "c-broken" not in live_conductors(cloud.db, 60.0)
+    assert service.boot_server is not None
+    with pytest.raises(RuntimeError, match="not started"):
+        service.boot_server.port  # noqa: B018
 
 
 _BOOT_FIELDS = {

@@ -257,7 +257,8 @@ def test_deploy_of_an_uploaded_image_links_it_and_writes_the_job(
     http.start()
     try:
         base = f"http://127.0.0.1:{http.port}"
-        assert httpx.get(f"{base}/jobs/{node_id}").text == job_path.read_text()
+        written = job_path.read_text()
+        assert httpx.get(f"{base}/jobs/{node_id}").text == written
         assert httpx.get(f"{base}/images/{image.id}").content == data
     finally:
         http.stop()
@@ -345,6 +346,27 @@ def test_a_url_image_of_the_wrong_size_is_not_published(
         task.driver.deploy.deploy(with_token(task))
 
     assert list(BootTree(settings.boot_root).images.iterdir()) == []
+
+
+def test_a_url_image_with_the_wrong_checksum_fails_prepare_and_is_not_cached(
+    cloud: Cloud, tasks: TaskManager, settings: ConductorSettings, source: ImageSource
+) -> None:
+    good = b"the image as registered"
+    source.files["/changed.raw"] = b"the image, replaced!!!!"  # same size, other bytes
+    image = make_image(cloud, good, name="changed", source_url=source.url("/changed.raw"))
+    node_id = pxe_node(cloud)
+    claimed_instance(cloud, node_id, image)
+    got = hashlib.sha256(source.files["/changed.raw"]).hexdigest()
+
+    for _ in range(2):  # nothing cached: the second try downloads (and checks) again
+        with acquire(tasks, node_id) as task, pytest.raises(DriverError) as caught:
+            task.driver.deploy.prepare(task)
+        assert caught.value.reason == (
+            f"image changed at {source.url('/changed.raw')}: checksum mismatch: "
+            f"expected {image.sha256}, got {got}"
+        )
+        assert list(BootTree(settings.boot_root).images.iterdir()) == []
+    assert len(source.requests) == 2
 
 
 def test_an_image_without_reachable_data_fails_the_deploy(

@@ -26,17 +26,27 @@ def is_secret_key(key: str) -> bool:
 
 
 def mask_fields(info: Mapping[str, Any]) -> dict[str, Any]:
-    """``info`` with every credential's value replaced by :data:`FIELD_MASK`, at any depth."""
+    """``info`` with every credential's value replaced by :data:`FIELD_MASK`, at any depth,
+    and any credential quoted in another field's text replaced by :data:`TEXT_MASK` (an
+    operator may paste one into a note or a test's error message)."""
+    return _mask_mapping(info, sorted(secret_values(info), key=len, reverse=True))
+
+
+def _mask_mapping(info: Mapping[str, Any], secrets: list[str]) -> dict[str, Any]:
     return {
-        key: FIELD_MASK if is_secret_key(key) else _mask_value(value) for key, value in info.items()
+        key: FIELD_MASK if is_secret_key(str(key)) else _mask_value(value, secrets)
+        for key, value in info.items()
     }
 
 
-def _mask_value(value: Any) -> Any:
+def _mask_value(value: Any, secrets: list[str]) -> Any:
     if isinstance(value, Mapping):
-        return mask_fields(value)
+        return _mask_mapping(value, secrets)
     if isinstance(value, list):
-        return [_mask_value(item) for item in value]
+        return [_mask_value(item, secrets) for item in value]
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, TEXT_MASK)
     return value
 
 

@@ -7,6 +7,8 @@ then ``XService(settings, db, transport).start()``; SIGTERM or Ctrl-C stops it c
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import enum
 import importlib
 import logging
@@ -94,8 +96,28 @@ def wait_for_signal() -> None:
             signal.signal(signum, handler)
 
 
+#: glibc's mallopt() parameter for the size from which blocks are mmap()ed.
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 128 * 1024
+
+
+def return_big_blocks_to_the_system() -> bool:
+    """Make glibc's malloc hand every freed block of 128 KiB or more straight back to the
+    system. By default it raises that threshold after each big free and from then on keeps
+    big freed blocks in per-thread arenas: a service sent a few 10 MB messages (garbage on
+    the bus) then grew by hundreds of MB, more with every round. Returns whether it applied
+    (not on a C library without mallopt, e.g. musl)."""
+    path = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(path).mallopt if path else None
+    except (OSError, AttributeError):
+        mallopt = None
+    return bool(mallopt is not None and mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1)
+
+
 def run_service(name: ServiceName, *, migrate: bool = False) -> None:
     """Run one service in this process until a signal stops it."""
+    return_big_blocks_to_the_system()
     kind = service_kind(name)
     settings = kind.settings()
     setup_logging(name.value, settings.log_level)

@@ -4,6 +4,7 @@ The API, the scheduler and the conductors all read and write these tables; the n
 controller writes port bindings. Schema changes go through ``libs/db/migrations``.
 """
 
+from .availability import UNAVAILABLE_ERRORS, OutageLog, is_unavailable
 from .engine import Database, SchemaMissing, make_engine
 from .migrate import upgrade
 from .models import (
@@ -30,6 +31,7 @@ from .models import (
 )
 
 __all__ = [
+    "UNAVAILABLE_ERRORS",
     "Conductor",
     "Database",
     "DiskFormat",
@@ -40,6 +42,7 @@ __all__ = [
     "InstanceStatus",
     "Network",
     "Node",
+    "OutageLog",
     "Port",
     "PortBinding",
     "PowerState",
@@ -50,6 +53,7 @@ __all__ = [
     "Token",
     "User",
     "as_utc",
+    "is_unavailable",
     "make_engine",
     "new_id",
     "upgrade",

@@ -11,11 +11,17 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, create_engine
 
+from .availability import OutageLog
+
 #: Connections a pool keeps open; a service with many threads asks for more.
 DEFAULT_POOL_SIZE = 10
 
 #: Connections a pool may open beyond its size when every kept one is in use.
 MAX_OVERFLOW = 20
+
+#: Seconds a new PostgreSQL connection may take: an unreachable server then fails a
+#: request quickly (the API answers 503) instead of holding it for the TCP timeout.
+CONNECT_TIMEOUT = 5
 
 
 def make_engine(url: str, *, echo: bool = False, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
@@ -47,6 +53,9 @@ def make_engine(url: str, *, echo: bool = False, pool_size: int = DEFAULT_POOL_S
     return create_engine(
         url,
         echo=echo,
+        # Pre-ping: a connection that died with a database restart is replaced at
+        # checkout, so the first request after the restart already succeeds.
+        connect_args={"connect_timeout": CONNECT_TIMEOUT},
         pool_pre_ping=True,
         pool_size=pool_size,
         max_overflow=MAX_OVERFLOW,
@@ -72,6 +81,8 @@ class Database:
     def __init__(self, url: str, *, echo: bool = False, pool_size: int = DEFAULT_POOL_SIZE) -> None:
         self.url = url
         self.engine = make_engine(url, echo=echo, pool_size=pool_size)
+        #: Where this process's work reports the database unavailable or back.
+        self.outage = OutageLog()
 
     @contextmanager
     def session(self) -> Iterator[Session]:

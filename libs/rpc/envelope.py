@@ -60,11 +60,21 @@ def encode_request(
     )
 
 
+#: The longest method name or msg_id a request may carry. Real ones are far shorter; a
+#: refusal quotes them in the log and in its reply, which must stay small.
+MAX_NAME_LENGTH = 255
+#: The longest version string: "X.Y" with numbers no service will ever reach.
+MAX_VERSION_LENGTH = 21
+
+
 def _load_object(body: bytes, what: str) -> dict[str, Any]:
     try:
         data = serializer.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedMessage(f"{what} is not JSON: {exc}") from None
+    except RecursionError:
+        # Deeply nested arrays or objects ("[[[[..."): the parser's recursion limit.
+        raise MalformedMessage(f"{what} nests too deeply to be a message") from None
     if not isinstance(data, dict):
         raise MalformedMessage(f"{what} is not a JSON object")
     return data
@@ -76,10 +86,14 @@ def decode_request(body: bytes) -> Request:
     method = data.get("method")
     if not isinstance(method, str) or not method:
         raise MalformedMessage("no method named")
+    if len(method) > MAX_NAME_LENGTH:
+        raise MalformedMessage(f"the method name is longer than {MAX_NAME_LENGTH} characters")
     args = data.get("args", {})
     if not isinstance(args, dict):
         raise MalformedMessage("args is not an object")
     version = data.get("version", "1.0")
+    if not isinstance(version, str) or len(version) > MAX_VERSION_LENGTH:
+        raise MalformedMessage("the version is not a string like 'X.Y'")
     try:
         parse_version(version)
     except ValueError as exc:
@@ -88,9 +102,8 @@ def decode_request(body: bytes) -> Request:
         context = RequestContext.model_validate(data.get("context") or {})
     except ValidationError as exc:
         raise MalformedMessage(f"bad context: {exc.error_count()} error(s)") from None
-    msg_id = data.get("msg_id")
     return Request(
-        msg_id=msg_id if isinstance(msg_id, str) else "",
+        msg_id=_msg_id_of(data),
         method=method,
         version=version,
         args=args,
@@ -102,10 +115,14 @@ def peek_msg_id(body: bytes) -> str | None:
     """The msg_id of a body that may be malformed, for logging a refusal."""
     try:
         data = serializer.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
-    msg_id = data.get("msg_id") if isinstance(data, dict) else None
-    return msg_id if isinstance(msg_id, str) else None
+    return (_msg_id_of(data) or None) if isinstance(data, dict) else None
+
+
+def _msg_id_of(data: dict[str, Any]) -> str:
+    msg_id = data.get("msg_id")
+    return msg_id if isinstance(msg_id, str) and len(msg_id) <= MAX_NAME_LENGTH else ""
 
 
 def encode_result(msg_id: str, result: Any) -> bytes:

@@ -6,7 +6,11 @@ handler returns (at least once). A message the server refuses (not JSON, no meth
 method, incompatible version, wrong arguments) is logged with its msg_id, answered with the
 typed error if it was a call, and rejected for good (over AMQP it lands in the dead-letter
 queue). A handler's exception is returned to the caller of a call, logged for a cast, and the
-message is acknowledged: it would fail again if redelivered.
+message is acknowledged: it would fail again if redelivered. Except a transient failure
+(``retry_if``, e.g. the database is down): that cast is put back in its queue after
+``retry_delay`` and handled again, as often as it takes, so the outage loses nothing. A body
+over ``max_body_bytes`` is refused unread and dropped (acknowledged, not dead-lettered), so
+huge garbage piles up nowhere.
 """
 
 from __future__ import annotations
@@ -14,17 +18,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 
-from .context import current_context
+from .context import RequestContext, current_context
 from .dispatcher import Dispatcher
 from .envelope import decode_request, encode_failure, encode_result, peek_msg_id
-from .errors import RequestRefused, SerializationError, serialize_failure
+from .errors import MalformedMessage, RequestRefused, SerializationError, serialize_failure
 from .target import Target
 from .transports.base import Incoming, Listener, Transport
 
 LOG = logging.getLogger(__name__)
+
+#: The largest request body a server reads. tetsu's requests are ids and short texts (a few
+#: KiB at most); anything near this is garbage, and refusing it unparsed keeps a flood of it
+#: from costing CPU, memory and megabyte log lines.
+MAX_BODY_BYTES = 1024 * 1024
 
 
 class RPCServer:
@@ -38,7 +47,12 @@ class RPCServer:
         *,
         workers: int = 8,
         debug: bool = False,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        retry_if: Callable[[BaseException], bool] | None = None,
+        retry_delay: float = 2.0,
     ) -> None:
+        """``retry_if(exc)`` says whether a cast whose handler raised ``exc`` should be
+        handled again later (requeued after ``retry_delay`` seconds) instead of dropped."""
         if target.server is None:
             raise ValueError("a server's target names the server: Target(topic, server=...)")
         if workers < 1:
@@ -48,6 +62,10 @@ class RPCServer:
         self._transport = transport
         self._workers = workers
         self._debug = debug
+        self._max_body_bytes = max_body_bytes
+        self._retry_if = retry_if
+        self._retry_delay = retry_delay
+        self._retry_wait = threading.Event()  # set at stop: requeue at once
         self._listener: Listener | None = None
         self._stopped = threading.Event()
         self._stopping = False
@@ -63,6 +81,7 @@ class RPCServer:
                 raise RuntimeError("server already started")
             self._listener = self._transport.listen(self.target, prefetch=self._workers)
             self._stopped.clear()
+            self._retry_wait.clear()
             self._listener.start(self._handle)
         waiter = getattr(self._listener, "wait_consuming", None)
         if wait is not None and waiter is not None and not waiter(wait):
@@ -77,6 +96,7 @@ class RPCServer:
             if listener is None or self._stopping:
                 return
             self._stopping = True
+        self._retry_wait.set()
         listener.stop()
         listener.close()
         with self._lock:
@@ -108,6 +128,16 @@ class RPCServer:
                 incoming.reject()
 
     def _process(self, incoming: Incoming) -> None:
+        size = len(incoming.body)
+        if size > self._max_body_bytes:
+            msg_id = incoming.msg_id or "?"
+            too_big = MalformedMessage(
+                f"the body of {size} bytes is over the server's limit of "
+                f"{self._max_body_bytes} bytes"
+            )
+            LOG.warning("dropped message %s: %s", msg_id, too_big)
+            incoming.finish(self._failure(msg_id, too_big) if incoming.expects_reply else None)
+            return
         msg_id = incoming.msg_id or peek_msg_id(incoming.body) or "?"
         try:
             request = decode_request(incoming.body)
@@ -124,6 +154,9 @@ class RPCServer:
             self._refuse(incoming, msg_id, request.context.request_id, exc)
             return
         except Exception as exc:
+            if not incoming.expects_reply and self._retry_if is not None and self._retry_if(exc):
+                self._retry_later(incoming, msg_id, request.method, request.context, exc)
+                return
             kind = "call" if incoming.expects_reply else "cast"
             LOG.log(
                 logging.INFO if incoming.expects_reply else logging.ERROR,
@@ -153,6 +186,30 @@ class RPCServer:
                 )
                 reply = self._failure(msg_id, exc)
         incoming.finish(reply)
+
+    def _retry_later(
+        self,
+        incoming: Incoming,
+        msg_id: str,
+        method: str,
+        ctxt: RequestContext,
+        exc: Exception,
+    ) -> None:
+        # One line for the first attempt; the repeats of a long outage stay quiet.
+        LOG.log(
+            logging.DEBUG if incoming.redelivered else logging.WARNING,
+            "cast %s %s [%s] failed for now (%s: %s); handling it again in %g s",
+            msg_id,
+            method,
+            ctxt.request_id,
+            type(exc).__name__,
+            str(exc).strip().split("\n", 1)[0],
+            self._retry_delay,
+        )
+        # Waiting here, holding the message, paces the retries of a long outage; a
+        # stopping server requeues at once and the next server run handles it.
+        self._retry_wait.wait(self._retry_delay)
+        incoming.requeue()
 
     def _refuse(
         self, incoming: Incoming, msg_id: str, request_id: str, exc: RequestRefused

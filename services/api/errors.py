@@ -13,10 +13,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from libs import rpc
+from libs.db import UNAVAILABLE_ERRORS, is_unavailable
 from libs.errors import BadRequest, Conflict, ServiceUnavailable, TetsuError
 
 LOG = logging.getLogger(__name__)
@@ -51,6 +52,15 @@ _HTTP_CODES = {
     413: "too_large",
     503: "service_unavailable",
 }
+
+
+#: Seconds a client should wait before trying again after a 503 (the database or a
+#: backend service is down): what the ``Retry-After`` header of every 503 says.
+RETRY_AFTER_SECONDS = 5
+
+
+def _retry_after(status: int) -> dict[str, str] | None:
+    return {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
 
 
 def request_id_of(request: Request) -> str:
@@ -100,7 +110,9 @@ async def _tetsu_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TetsuError)
     if exc.status >= 500:
         LOG.warning("%s: %s", exc.code, exc.reason)
-    return error_response(exc.status, exc.code, exc.reason, request_id_of(request))
+    return error_response(
+        exc.status, exc.code, exc.reason, request_id_of(request), _retry_after(exc.status)
+    )
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -137,6 +149,22 @@ async def _bus_error(request: Request, exc: Exception) -> JSONResponse:
         ServiceUnavailable.code,
         "a backend service is unreachable; try again later",
         request_id_of(request),
+        _retry_after(503),
+    )
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    # The database is down or restarting: the same request succeeds once it is back.
+    # Another database error is a bug: the last-resort handler logs it and answers 500.
+    if not is_unavailable(exc):
+        raise exc
+    request.app.state.db.outage.failed(exc, f"answering {request.method} {request.url.path}")
+    return error_response(
+        503,
+        ServiceUnavailable.code,
+        "the database is unavailable; try again later",
+        request_id_of(request),
+        _retry_after(503),
     )
 
 
@@ -148,3 +176,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(IntegrityError, _integrity_error)
     for bus_error in (rpc.Timeout, rpc.NoConsumer, rpc.TransportError):
         app.add_exception_handler(bus_error, _bus_error)
+    for database_error in (*UNAVAILABLE_ERRORS, DBAPIError):
+        app.add_exception_handler(database_error, _database_error)

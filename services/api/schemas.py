@@ -40,21 +40,32 @@ from libs.db import (
 )
 
 UTCDateTime = Annotated[datetime, AfterValidator(as_utc)]
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+
+
+def _trimmed(text: str) -> str:
+    """Surrounding whitespace dropped; what is left must not be empty."""
+    stripped = text.strip()
+    if not stripped:
+        raise PydanticCustomError("blank", "must not be blank")
+    return stripped
+
+
+# The length is checked on the text as sent, as the published schema says (maxLength), and
+# then the surrounding whitespace is dropped: stripping first let 256 characters in.
+Name = Annotated[str, StringConstraints(min_length=1, max_length=255), AfterValidator(_trimmed)]
 # Nodes are addressed by name in URLs (/v1/nodes/{name}) and named like hosts: only
-# characters that need no escaping in a path segment.
+# characters that need no escaping in a path segment (so no whitespace to strip either).
 NodeName = Annotated[
-    str,
-    StringConstraints(
-        strip_whitespace=True, min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._~-]+$"
-    ),
+    str, StringConstraints(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9._~-]+$")
 ]
-Reference = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+Reference = Annotated[
+    str, StringConstraints(min_length=1, max_length=255), AfterValidator(_trimmed)
+]
 ResourceClass = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80)
+    str, StringConstraints(min_length=1, max_length=80), AfterValidator(_trimmed)
 ]
 InterfaceName = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=40)
+    str, StringConstraints(min_length=1, max_length=40), AfterValidator(_trimmed)
 ]
 # Strict: JSON "4" or true is a mistake in a count, not something to coerce.
 # Bounded by the database's column types (INTEGER, BIGINT): a larger number is a 400.

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from libs import rpc
-from libs.db import Database, Node
+from libs.db import Database, Node, is_unavailable
 from libs.errors import BadRequest, InvalidStateTransition, NodeLocked, TetsuError
 from libs.rpc import RequestContext, Transport, current_context
 from services.netctl.rpcapi import NetworkAPI
@@ -33,8 +33,12 @@ LOG = logging.getLogger(__name__)
 #: step) before giving up: casts have no caller to answer "try again".
 SERVICE_LOCK_WAIT = 30.0
 
-#: How long the in-process ramdisk keeps calling back while its node is locked.
+#: How long the in-process ramdisk keeps calling back while its node is locked or the
+#: database is unavailable (the real one: 20 attempts 3 s apart, docs/baremetal.md).
 RAMDISK_RETRY_FOR = 60.0
+
+#: Seconds between its calls while the database is unavailable.
+RAMDISK_RETRY_INTERVAL = 1.0
 
 
 class ConductorManager:
@@ -124,26 +128,37 @@ class ConductorManager:
         reset = current_context.set(ctxt)
         deadline = time.monotonic() + RAMDISK_RETRY_FOR
         try:
-            with self.db.session() as session:
-                node = session.get(Node, node_id)
-                info = dict(node.driver_internal_info or {}) if node is not None else {}
-            if not callback_tokens.matches(info, token):
-                LOG.warning("node %s: a ramdisk called back with a token no longer valid", node_id)
-                return
             while True:
                 try:
-                    self.ramdisk_callback(ctxt, node_id=node_id, success=success, message=message)
+                    self._report_ramdisk(ctxt, node_id, token, success, message)
                     return
                 except NodeLocked:
                     # Like a real ramdisk answered 409: the node is busy, call again.
                     if self._stopped or time.monotonic() >= deadline:
                         raise
+                except Exception as exc:
+                    # Like a real ramdisk answered 503: the database is down, call again.
+                    if not is_unavailable(exc) or self._stopped or time.monotonic() >= deadline:
+                        raise
+                    self.db.outage.failed(exc, f"taking node {node_id}'s ramdisk report")
+                    time.sleep(RAMDISK_RETRY_INTERVAL)
         except TetsuError as exc:
             LOG.warning("node %s: ramdisk callback refused: %s", node_id, exc.reason)
         except Exception:
             LOG.exception("node %s: ramdisk callback failed", node_id)
         finally:
             current_context.reset(reset)
+
+    def _report_ramdisk(
+        self, ctxt: RequestContext, node_id: str, token: str, success: bool, message: str | None
+    ) -> None:
+        with self.db.session() as session:
+            node = session.get(Node, node_id)
+            info = dict(node.driver_internal_info or {}) if node is not None else {}
+        if not callback_tokens.matches(info, token):
+            LOG.warning("node %s: a ramdisk called back with a token no longer valid", node_id)
+            return
+        self.ramdisk_callback(ctxt, node_id=node_id, success=success, message=message)
 
 
 def _validate(task: Task, kind: InterfaceKind) -> dict[str, Any]:

@@ -9,14 +9,16 @@ locked: a busy node is simply looked at next time.
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select, update
 
-from libs.db import Conductor, Database, Node, as_utc, utcnow
+from libs.db import Conductor, Database, Node, as_utc, is_unavailable, utcnow
 from libs.errors import NodeLocked, NotFound
 from libs.rpc import RequestContext, current_context
 
@@ -34,6 +36,9 @@ from .task_manager import TaskManager
 LOG = logging.getLogger(__name__)
 
 S = ProvisionState
+
+#: Seconds between a periodic job's attempts while the database is unavailable.
+OUTAGE_RETRY_INTERVAL = 1.0
 
 
 class PeriodicTasks:
@@ -54,6 +59,12 @@ class PeriodicTasks:
         self.takeover = TakeOver(db, self.hostname, tasks, deployments, cleaning)
         self.redrive = Redrive(settings, db, tasks, deployments, cleaning, self.takeover)
         self._live: frozenset[str] | None = None
+        # A database outage stops every heartbeat at once: one long enough to make them
+        # stale must not pass for dead conductors. When the outage began (monotonic) while
+        # it lasts, and until when after it a missing heartbeat is not believed.
+        self._outage_began: float | None = None
+        self._distrust_until = -math.inf
+        self._outage_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -87,12 +98,24 @@ class PeriodicTasks:
         self._threads = []
 
     def _loop(self, name: str, interval: float, job: Callable[[], object]) -> None:
-        while not self._stop.wait(interval):
+        wait = interval
+        while not self._stop.wait(wait):
+            wait = interval
             token = current_context.set(RequestContext.admin())
             try:
                 job()
-            except Exception:
-                LOG.exception("periodic %s failed", name)
+                self.db.outage.succeeded()
+                self._database_answered()
+            except Exception as exc:
+                if is_unavailable(exc):
+                    # Once per outage, not a traceback per job and interval.
+                    self.db.outage.failed(exc, f"periodic {name}")
+                    self._database_failed()
+                    # Soon again: the heartbeat above all, so that the ring is whole soon
+                    # after the database is back.
+                    wait = min(interval, OUTAGE_RETRY_INTERVAL)
+                else:
+                    LOG.exception("periodic %s failed", name)
             finally:
                 current_context.reset(token)
 
@@ -125,16 +148,53 @@ class PeriodicTasks:
         else:
             alive.add(self.hostname)
         failed = self.takeover.run(ring, alive)
-        # Only once it is done: a take-over that failed half-way runs again next check.
-        self._live = ring.hosts
+        # Only once it is done: a take-over that failed half-way, or found a node it must
+        # fail locked for a moment, runs again next check.
+        if self.takeover.complete:
+            self._live = ring.hosts
         return failed
 
     def check_ring(self) -> None:
         """Take over again when conductors came or went since the last look."""
         ring = self.ring()
         if ring.hosts != self._live:
+            if not self._heartbeats_trusted():
+                # Their heartbeats stopped with the database, not their work: taking
+                # their nodes over now would fail deploys that are going well.
+                LOG.info("conductors missing after a database outage: waiting for heartbeats")
+                return
             LOG.info("live conductors now: %s", ", ".join(sorted(ring.hosts)) or "none")
             self.take_over(ring=ring)
+
+    def _database_failed(self) -> None:
+        with self._outage_lock:
+            if self._outage_began is None:
+                self._outage_began = time.monotonic()
+
+    def _database_answered(self) -> None:
+        with self._outage_lock:
+            began, self._outage_began = self._outage_began, None
+            now = time.monotonic()
+            if began is not None and now - began > self._stale_after:
+                # Every live conductor beats again within this, once the database is back.
+                self._distrust_until = now + self.settings.conductor_heartbeat_timeout
+
+    @property
+    def _stale_after(self) -> float:
+        """How long an outage must last before the others' heartbeats may look stale
+        because of it (they beat every heartbeat_interval)."""
+        settings = self.settings
+        return max(0.0, settings.conductor_heartbeat_timeout - 2 * settings.heartbeat_interval)
+
+    def _heartbeats_trusted(self) -> bool:
+        """Whether a heartbeat missing now means its conductor died: not during a long
+        database outage, nor for a heartbeat timeout after it."""
+        now = time.monotonic()
+        with self._outage_lock:
+            began = self._outage_began
+            if began is not None and now - began > self._stale_after:
+                return False
+            return now >= self._distrust_until
 
     def sync_power_states(self) -> None:
         """Record each owned, unlocked, managed node's power state."""
@@ -159,6 +219,9 @@ class PeriodicTasks:
         """Start the owned nodes' deploys and tear-downs whose messages never came, and
         fail the work that ended without an outcome. Returns how many nodes it drove."""
         ctxt = current_context.get() or RequestContext.admin()
+        # First the locks a database outage kept this conductor from releasing: their
+        # nodes' work is over, so the re-drive below must see them unlocked.
+        self.tasks.release_unreleased()
         return self.redrive.run(self.ring(), ctxt)
 
     def check_callback_timeouts(self) -> None:

@@ -58,14 +58,16 @@ class ConductorAPI:
     def ring(self) -> HashRing:
         return HashRing(live_conductors(self.db, self.heartbeat_timeout))
 
+    def ring_or_raise(self) -> HashRing:
+        """The ring; NoLiveConductor if it is empty."""
+        ring = self.ring()
+        if not ring.hosts:
+            raise NoLiveConductor("no conductor is running (none has sent a heartbeat recently)")
+        return ring
+
     def owner_of(self, node_id: str) -> str:
         """The hostname of the conductor that owns ``node_id`` now."""
-        try:
-            return self.ring().owner(node_id)
-        except LookupError:
-            raise NoLiveConductor(
-                "no conductor is running (none has sent a heartbeat recently)"
-            ) from None
+        return self.ring_or_raise().owner(node_id)
 
     def _to_owner(self, node_id: str, version: str = "1.0") -> RPCClient:
         return self.client.prepare(server=self.owner_of(node_id), version=version)

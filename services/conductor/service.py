@@ -26,6 +26,7 @@ class ConductorService:
             Target(TOPIC, server=settings.hostname),
             [self.manager],
             workers=settings.workers,
+            retry_if=db.outage.retry_if,  # a cast met a database outage: handle it later
         )
         #: Serves the network-boot files; only a conductor that may boot nodes with pxe
         #: needs one (and the ramdisk files it links to).
@@ -39,15 +40,26 @@ class ConductorService:
         before the conductor joins the ring."""
         if self.boot_server is not None:
             self.boot_server.start()
+        periodic = self.manager.periodic
+        joined = False
         try:
-            periodic = self.manager.periodic
             periodic.heartbeat()
+            joined = True
             failed = periodic.take_over(at_start=True)
             if failed:
                 LOG.warning("took over %d node(s) whose conductor had died", failed)
             self.server.start()
             periodic.start()
         except BaseException:
+            # Undo what started, and leave the ring again: the others would route this
+            # conductor's nodes to it until its heartbeat timed out.
+            self.server.stop()
+            periodic.stop()
+            if joined:
+                try:
+                    periodic.heartbeat(online=False)
+                except Exception:
+                    LOG.exception("conductor %s: leaving the ring failed", self.settings.hostname)
             if self.boot_server is not None:
                 self.boot_server.stop()
             raise

@@ -55,7 +55,9 @@ class ConductorSettings(CommonSettings):
 
     # IPMI (power and management interface "ipmi").
     ipmi_timeout: float = Field(
-        default=15.0, gt=0, description="Seconds one IPMI operation may take (per attempt)"
+        default=15.0,
+        gt=0,
+        description="Seconds one attempt at an IPMI operation may take (log in, commands, log out)",
     )
     ipmi_retries: int = Field(
         default=3, ge=1, description="Attempts at an IPMI operation that failed transiently"
@@ -66,7 +68,10 @@ class ConductorSettings(CommonSettings):
         default=Path("tetsu-boot"),
         description="Folder of the boot server's files (iPXE scripts, ramdisk jobs, images)",
     )
-    boot_server_host: str = Field(default="0.0.0.0", description="Boot server HTTP bind address")  # noqa: S104
+    boot_server_host: str | None = Field(
+        default=None,
+        description="Boot server HTTP bind address (default: the host of boot_server_url)",
+    )
     boot_server_port: int = Field(default=8080, ge=0, le=65535, description="Boot server HTTP port")
     boot_server_url: str | None = Field(
         default=None,
@@ -75,7 +80,9 @@ class ConductorSettings(CommonSettings):
             "DNS), e.g. http://10.77.0.254:8080; required for pxe"
         ),
     )
-    tftp_host: str = Field(default="0.0.0.0", description="TFTP bind address")  # noqa: S104
+    tftp_host: str | None = Field(
+        default=None, description="TFTP bind address (default: the host of boot_server_url)"
+    )
     tftp_port: int = Field(
         default=69, ge=0, le=65535, description="TFTP port for the first chain step; 0: no TFTP"
     )

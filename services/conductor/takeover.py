@@ -4,7 +4,8 @@ A node this conductor owns now, in a transient state whose work was run by a con
 that is no longer alive (``driver_internal_info["conductor"]``), cannot be resumed where
 that work stopped: it fails (:data:`states.FAIL_ON_TAKEOVER`), with the reason in
 last_error; a deploy failed this way goes back to the scheduler. Locks left by dead
-conductors are cleared.
+conductors are cleared. Such a node that a live conductor has locked for a moment (a
+periodic job; its former owner's power sync) is looked at again at the next check.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class TakeOver:
         self.tasks = tasks
         self.deployments = deployments
         self.cleaning = cleaning
+        #: Whether the last :meth:`run` looked at every node it had to: False when one
+        #: whose work is dead was locked at that instant, so the caller runs it again.
+        self.complete = True
 
     def run(self, ring: HashRing, alive: Set[str]) -> int:
         """Take over the nodes ``ring`` gives this conductor whose worker or lock holder is
@@ -48,9 +52,12 @@ class TakeOver:
         ``alive`` (at start). Returns how many nodes were failed."""
         ctxt = RequestContext.admin()
         transient = [state.value for state in TRANSIENT_STATES]
+        self.complete = True
         with self.db.session() as session:
             rows = session.exec(
-                select(Node.id, Node.provision_state, Node.reservation).where(
+                select(
+                    Node.id, Node.provision_state, Node.reservation, Node.driver_internal_info
+                ).where(
                     or_(
                         col(Node.reservation).is_not(None),
                         col(Node.provision_state).in_(transient),
@@ -58,7 +65,7 @@ class TakeOver:
                 )
             ).all()
         failed = 0
-        for node_id, state, reservation in rows:
+        for node_id, state, reservation, info in rows:
             owned = bool(ring.hosts) and ring.owner(node_id) == self.hostname
             # A lock of this hostname that no live work holds (at start) is cleared whoever
             # owns the node now: its owner sees this hostname alive and leaves it be.
@@ -67,7 +74,11 @@ class TakeOver:
                 continue
             if reservation is not None:
                 if reservation in alive:
-                    continue  # a live conductor is working on it
+                    # A live conductor is working on it, or only holds it for a moment
+                    # while its work died: then it is this conductor's to fail, later.
+                    if state in transient and (info or {}).get(CONDUCTOR_KEY) not in alive:
+                        self.complete = False
+                    continue
                 if self.tasks.release_stale_lock(node_id, reservation):
                     LOG.warning(
                         "node %s: cleared the lock of dead conductor %s", node_id, reservation
@@ -89,8 +100,11 @@ class TakeOver:
                 LOG.warning("node %s: %s; failing it", node_id, reason)
                 task.spawn_after(self.fail, ProvisionState(state), reason)
                 return True
-        except (NodeLocked, NotFound):
-            return False  # someone is working on it after all, or it is gone
+        except NodeLocked:
+            self.complete = False  # busy at this instant: look again at the next check
+            return False
+        except NotFound:
+            return False  # gone
 
     def fail(self, task: Task, state: ProvisionState, reason: str) -> None:
         """Fail the task's node, whose work in the transient ``state`` is gone, the way

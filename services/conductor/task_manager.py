@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlmodel import col, select, update
 
-from libs.db import Database, Node, Port, utcnow
+from libs.db import Database, Node, Port, is_unavailable, utcnow
 from libs.errors import NodeLocked, NotFound
 from libs.rpc import RequestContext
 
@@ -201,6 +201,10 @@ class TaskManager:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="node-task")
         self._pending: set[Future[None]] = set()
         self._pending_lock = threading.Lock()
+        # Locks this conductor could not release (the database was down): released by
+        # release_unreleased() later, or before this conductor takes the node again.
+        self._unreleased: set[str] = set()
+        self._unreleased_lock = threading.Lock()
 
     @contextmanager
     def acquire(
@@ -250,6 +254,34 @@ class TaskManager:
             LOG.warning("%d node task(s) still running after %g s", len(not_done), timeout)
         return not not_done
 
+    def release_unreleased(self) -> int:
+        """Release the locks whose release failed earlier; returns how many it released.
+        Without this, a node whose work ended during a database outage would stay locked
+        by this live conductor, which nobody takes over."""
+        with self._unreleased_lock:
+            node_ids = sorted(self._unreleased)
+        released = 0
+        for node_id in node_ids:
+            if self._release_again(node_id):
+                LOG.info("node %s: released the lock left over from a database outage", node_id)
+                released += 1
+        return released
+
+    def _release_again(self, node_id: str) -> bool:
+        # Under the lock, and dropped from the set only once done: a _reserve() of this
+        # node runs after this, never between the check and the release.
+        with self._unreleased_lock:
+            if node_id not in self._unreleased:
+                return False
+            with self.db.session() as session:
+                session.exec(
+                    update(Node)
+                    .where(col(Node.id) == node_id, col(Node.reservation) == self.hostname)
+                    .values(reservation=None)
+                )
+            self._unreleased.discard(node_id)
+            return True
+
     def release_stale_lock(self, node_id: str, holder: str) -> bool:
         """Clear the lock of a conductor that died holding it. Returns whether it did."""
         with self.db.session() as session:
@@ -262,6 +294,8 @@ class TaskManager:
 
     def _reserve(self, node_id: str, purpose: str, wait: float) -> None:
         deadline = time.monotonic() + wait
+        if node_id in self._unreleased:
+            self._release_again(node_id)
         while True:
             with self.db.session() as session:
                 taken = session.exec(
@@ -295,9 +329,16 @@ class TaskManager:
                     .where(col(Node.id) == node_id, col(Node.reservation) == self.hostname)
                     .values(reservation=None)
                 )
-        except Exception:
-            # The take-over of a later start clears what could not be released now.
-            LOG.exception("could not release the lock on node %s", node_id)
+        except Exception as exc:
+            # Released by release_unreleased() once the database is back (or, if this
+            # process dies first, by the take-over of a later start).
+            with self._unreleased_lock:
+                self._unreleased.add(node_id)
+            if is_unavailable(exc):
+                self.db.outage.failed(exc, f"releasing the lock on node {node_id}")
+                LOG.warning("node %s: lock not released (database unavailable); later", node_id)
+            else:
+                LOG.exception("could not release the lock on node %s", node_id)
 
     def _load(self, ctxt: RequestContext, node_id: str, purpose: str, *, shared: bool) -> Task:
         with self.db.session() as session:

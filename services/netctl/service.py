@@ -21,6 +21,7 @@ class NetctlService:
             rpc.Target(TOPIC, server=settings.hostname),
             [self.manager],
             workers=settings.workers,
+            retry_if=db.outage.retry_if,  # a cast met a database outage: handle it later
         )
 
     def start(self) -> None:

@@ -136,6 +136,7 @@ class SchedulerManager:
                 )
                 return None
             flavor = session.get(Flavor, instance.flavor_id)
+        self.db.outage.succeeded()
         if flavor is None:
             message = f"flavor {instance.flavor_id} no longer exists"
             fail_instance(self.db, instance_id, {"code": "not_found", "message": message})
@@ -143,6 +144,11 @@ class SchedulerManager:
         return instance, RequestSpec.for_instance(instance, flavor, also_excluded=also_excluded)
 
     def _schedule(self, ctxt: rpc.RequestContext, spec: RequestSpec, history: str = "") -> None:
+        if self.db.outage.ended_within(self.settings.conductor_heartbeat_timeout):
+            # Right after a database outage every heartbeat is stale: no live conductor
+            # then means none has beaten yet, not that none runs. Raised before the claim,
+            # so the request is simply handled again (the server requeues it).
+            self.conductor.ring_or_raise()
         try:
             node_id = self._claim_best(spec)
         except NoValidHost as exc:

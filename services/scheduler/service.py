@@ -10,7 +10,8 @@ import logging
 import threading
 
 from libs import rpc
-from libs.db import Database
+from libs.db import Database, is_unavailable
+from libs.errors import NoLiveConductor
 
 from .manager import SchedulerManager
 from .rpcapi import TOPIC
@@ -28,10 +29,16 @@ class SchedulerService:
             rpc.Target(TOPIC, server=settings.hostname),
             [self.manager],
             workers=settings.workers,
+            retry_if=self._retry_later,
         )
 
         self._stop = threading.Event()
         self._periodic: threading.Thread | None = None
+
+    def _retry_later(self, exc: BaseException) -> bool:
+        """Requests that met a database outage, or came right after one before any
+        conductor had beaten again (see SchedulerManager), are handled again later."""
+        return self.manager.db.outage.retry_if(exc) or isinstance(exc, NoLiveConductor)
 
     def start(self) -> None:
         self.server.start()
@@ -54,7 +61,13 @@ class SchedulerService:
             token = rpc.current_context.set(ctxt)
             try:
                 self.manager.schedule_stranded(ctxt)
-            except Exception:
-                LOG.exception("looking for stranded instances failed; trying again later")
+                self.manager.db.outage.succeeded()
+            except NoLiveConductor:
+                pass  # right after a database outage: the next look schedules them
+            except Exception as exc:
+                if is_unavailable(exc):
+                    self.manager.db.outage.failed(exc, "looking for stranded instances")
+                else:
+                    LOG.exception("looking for stranded instances failed; trying again later")
             finally:
                 rpc.current_context.reset(token)

@@ -44,6 +44,8 @@ class Process:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    service: str = ""
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def tail(self, lines: int = 40) -> str:
         text = self.log.read_text(errors="replace").splitlines()
@@ -67,7 +69,7 @@ class Stack:
     def start(self, name: str, service: str, extra_env: Mapping[str, str] | None = None) -> None:
         log = self.workdir / f"{name}.log"
         env = {**self.env, **(extra_env or {})}
-        handle = log.open("wb")
+        handle = log.open("ab")  # a restarted service's log goes on in the same file
         popen = subprocess.Popen(
             [sys.executable, "-m", "libs.cli.main", "service", service],
             env=env,
@@ -75,7 +77,26 @@ class Stack:
             stderr=subprocess.STDOUT,
         )
         handle.close()
-        self.processes[name] = Process(name, popen, log)
+        self.processes[name] = Process(name, popen, log, service, dict(extra_env or {}))
+
+    def restart(self, name: str, *, kill: bool = False) -> None:
+        """Stop one service (SIGTERM, or SIGKILL with ``kill``) and start it again with
+        the same settings; it is not waited for (the API: :meth:`wait_api`)."""
+        process = self.processes[name]
+        self.stop(name, kill=kill)
+        self.start(name, process.service, process.extra_env)
+
+    def wait_api(self, timeout: float = 60.0) -> None:
+        """Wait until the API answers ``/healthz`` (every service still running)."""
+
+        def api_ready() -> bool:
+            self.check_alive()
+            try:
+                return httpx.get(f"{self.endpoint}/healthz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(api_ready, timeout=timeout, what="the API")
 
     def stop(self, name: str, *, kill: bool = False) -> None:
         process = self.processes.pop(name)

@@ -129,6 +129,51 @@ def test_broker_crash_during_1000_casts_loses_nothing(tmp_path):
     print(f"broker killed after {killed_at} casts; {duplicates} duplicate deliveries")
 
 
+def test_a_server_whose_workers_were_all_busy_at_a_broker_crash_listens_again(tmp_path):
+    """Every worker is inside a handler (casting, so waiting for the broker) when RabbitMQ
+    dies: once it is back, the handlers' acknowledgements fail, and the server must notice
+    and consume again rather than sit on an idle connection (the casts still queued would
+    wait for ever)."""
+    handled: Counter[int] = Counter()
+    lock = threading.Condition()
+
+    class Forwarding:
+        RPC_API_VERSION = "1.0"
+
+        def __init__(self, transport: rpc.Transport) -> None:
+            self.onward = rpc.RPCClient(transport, rpc.Target("onward"))
+
+        @rpc.expose
+        def forward(self, ctxt: rpc.RequestContext, value: int) -> None:
+            time.sleep(1.0)
+            self.onward.cast(ctxt, "note", value=value)  # retried until the broker is back
+            with lock:
+                handled[value] += 1
+                lock.notify_all()
+
+    with RabbitNode(tmp_path / "rabbit") as node:
+        transport = rpc.AMQPTransport(node.url, connect_timeout=2)
+        server = rpc.RPCServer(
+            transport, rpc.Target("busy", server="s1"), [Forwarding(transport)], workers=2
+        )
+        server.start()
+        time.sleep(3)  # let the broker store its new durable queues before the crash
+        client = rpc.RPCClient(transport, rpc.Target("busy"))
+        for value in range(10):
+            client.cast(CTX, "forward", value=value)
+        with lock:
+            assert lock.wait_for(lambda: len(handled) >= 2, timeout=30)
+        time.sleep(0.5)  # both workers are in their next handler's sleep
+        node.kill()
+        time.sleep(2)
+        node.restart()
+        with lock:
+            everything = lock.wait_for(lambda: len(handled) == 10, timeout=30)
+        server.stop()
+        transport.close()
+    assert everything, f"handled {sorted(handled)} of 0..9: the server stopped listening"
+
+
 def test_cast_in_flight_in_a_killed_server_is_redelivered(amqp_url, exchange, topic):
     """A server process dies (kill -9) inside a handler: another server runs the cast."""
     doomed = subprocess.Popen(

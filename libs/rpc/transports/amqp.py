@@ -362,17 +362,20 @@ class _AMQPIncoming(Incoming):
         self.expects_reply = self.reply_to is not None
         self.redelivered = bool(message.delivery_info.get("redelivered"))
 
-    def _settle(self, reply: bytes | None, ack: bool) -> None:
+    def _settle(self, reply: bytes | None, ack: bool, requeue: bool = False) -> None:
         if self._settled:
             raise RuntimeError("message settled twice")
         self._settled = True
-        self._listener._settle(self, reply, ack)
+        self._listener._settle(self, reply, ack, requeue)
 
     def finish(self, reply: bytes | None = None) -> None:
         self._settle(reply, ack=True)
 
     def reject(self, reply: bytes | None = None) -> None:
         self._settle(reply, ack=False)
+
+    def requeue(self) -> None:
+        self._settle(None, ack=False, requeue=True)
 
 
 class _AMQPListener(Listener):
@@ -458,7 +461,9 @@ class _AMQPListener(Listener):
 
     # Settling, from the thread that ran the handler.
 
-    def _settle(self, incoming: _AMQPIncoming, reply: bytes | None, ack: bool) -> None:
+    def _settle(
+        self, incoming: _AMQPIncoming, reply: bytes | None, ack: bool, requeue: bool = False
+    ) -> None:
         with self._conn_lock:
             channel = self._channel
             if channel is None:
@@ -477,7 +482,7 @@ class _AMQPListener(Listener):
                 if ack:
                     channel.basic_ack(incoming.delivery_tag)
                 else:
-                    channel.basic_reject(incoming.delivery_tag, requeue=False)
+                    channel.basic_reject(incoming.delivery_tag, requeue=requeue)
             except self._transport.recoverable_errors as exc:
                 LOG.warning(
                     "could not settle %s (%r); it will be redelivered", incoming.msg_id, exc
@@ -506,6 +511,9 @@ class _AMQPListener(Listener):
                     self._busy -= 1
                 if self._stopping.is_set():
                     self._wake()  # the leader may be waiting for the last handler
+            # Not kept while this thread waits for the next one: idle workers holding
+            # their last body each would keep workers x the largest body in memory.
+            del incoming
 
     def _take(self) -> _AMQPIncoming | None:
         """The next message for this thread, leading (reading) while there is none.
@@ -608,6 +616,13 @@ class _AMQPListener(Listener):
         """Wait for the socket or a wake-up, then read what is there, one method at most."""
         conn = self._conn
         assert conn is not None
+        if not conn.connected:
+            # A reply or an acknowledgement failed on it (_settle woke this thread). Checked
+            # before touching ``conn.connection``: kombu's property would quietly open a new
+            # connection, with no consumers, and the listener would wait on it for nothing
+            # (measured: a scheduler deaf after a broker restart that found every worker busy).
+            self._lost(ConnectionError("the connection failed while settling a message"))
+            return
         amqp_conn = conn.connection
         heartbeat = self._transport.heartbeat
         interval = heartbeat / 4 if heartbeat else 1.0

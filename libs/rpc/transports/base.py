@@ -63,6 +63,10 @@ class Incoming(ABC):
     def reject(self, reply: bytes | None = None) -> None:
         """Send ``reply`` (for a call) and drop the message for good: it will not come back."""
 
+    @abstractmethod
+    def requeue(self) -> None:
+        """Put the message back in its queue, to be delivered again (to any server)."""
+
 
 class Listener(ABC):
     """Receives a server's messages and runs ``deliver`` on each, from up to ``prefetch``

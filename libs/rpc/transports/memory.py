@@ -22,6 +22,7 @@ class _Message:
     msg_id: str
     reply_slot: _ReplySlot | None = None
     redelivered: bool = False
+    queue: str = ""  # the queue it was taken from, to requeue it there
 
 
 class _ReplySlot:
@@ -144,6 +145,10 @@ class _MemoryIncoming(Incoming):
         self._listener._transport.dead_letters.append(self._message.body)
         self._settle(reply)
 
+    def requeue(self) -> None:
+        self._settle(None)
+        self._listener._requeue(self._message)
+
 
 class _MemoryListener(Listener):
     """``prefetch`` threads, each taking the next message when its handler is done."""
@@ -180,8 +185,21 @@ class _MemoryListener(Listener):
         for name in self.queue_names:
             queue = queues.get(name)
             if queue is not None and queue.messages:
-                return queue.messages.popleft()
+                message = queue.messages.popleft()
+                message.queue = name
+                return message
         return None
+
+    def _requeue(self, message: _Message) -> None:
+        """Back to the head of the queue it came from, as RabbitMQ does; dropped if that
+        queue is gone (an auto-delete one)."""
+        with self._cond:
+            queue = self._transport._queues.get(message.queue)
+            if queue is not None:
+                message.redelivered = True
+                queue.messages.appendleft(message)
+                for listener in queue.consumers:
+                    listener._cond.notify()
 
     def _work(self, deliver: Callable[[Incoming], None]) -> None:
         while True:

@@ -7,6 +7,10 @@ Tests and demos steer them per node through ``driver_info``:
   success;
 - ``fake_power_error``: every power action fails with this reason.
 
+Each ramdisk run is also recorded, oldest first, in ``driver_internal_info["fake_ramdisk_runs"]``
+(``"clean"`` or ``"deploy <instance id>"``, the last :data:`RUNS_KEPT`), so tests can
+prove that no node was deployed twice without a cleaning in between.
+
 The fake ramdisk reports through :attr:`DriverEnv.ramdisk_report`, the same conductor
 path the real ramdisk reaches through the API, so deploys really wait for a callback.
 """
@@ -41,6 +45,9 @@ DEFAULT_DELAY = 0.2
 POWER_KEY = "fake_power_state"
 BOOT_DEVICE_KEY = "fake_boot_device"
 RAMDISK_KEY = "fake_ramdisk_prepared"
+RUNS_KEY = "fake_ramdisk_runs"
+
+RUNS_KEPT = 20
 
 
 class FakePower(PowerInterface):
@@ -101,9 +108,11 @@ class FakeDeploy(DeployInterface):
 
     def deploy(self, task: Task) -> None:
         self._run_ramdisk(task, "deploy", task.node.driver_info.get("fake_fail_deploy"))
+        _record_run(task, f"deploy {task.node.instance_id}")
 
     def clean(self, task: Task) -> None:
         self._run_ramdisk(task, "clean", task.node.driver_info.get("fake_fail_clean"))
+        _record_run(task, "clean")
 
     def _run_ramdisk(self, task: Task, work: str, error: object) -> None:
         token = task.callback_token
@@ -123,3 +132,10 @@ class FakeDeploy(DeployInterface):
         timer.name = f"fake-ramdisk-{node_id[:8]}"
         timer.daemon = True
         timer.start()
+
+
+def _record_run(task: Task, run: str) -> None:
+    # Saved with the task's next save, like every fake state: the step that follows a
+    # ramdisk start (wait call-back, or the failure) always saves.
+    runs = [*task.node.driver_internal_info.get(RUNS_KEY, []), run]
+    task.node.driver_internal_info[RUNS_KEY] = runs[-RUNS_KEPT:]

@@ -19,7 +19,7 @@ from services.conductor.drivers import (
     InterfaceKind,
     PowerInterface,
 )
-from services.conductor.drivers.fake import FakeDeploy, FakePower
+from services.conductor.drivers.fake import RUNS_KEPT, RUNS_KEY, FakeDeploy, FakePower
 from services.conductor.task_manager import TaskManager
 from tests.unit.conductor.conftest import HOST, Cloud, make_settings
 
@@ -132,6 +132,26 @@ def test_fake_ramdisk_reports_after_its_delay(cloud: Cloud, tasks: TaskManager, 
         (node_id, "secret-token", True, None),
         (node_id, "secret-token", False, "no disk"),
     ]
+
+
+def test_fake_ramdisk_runs_are_recorded_on_the_node(cloud: Cloud, tasks: TaskManager):
+    """The record tests read to prove no node was deployed twice without a cleaning."""
+    node_id = cloud.make_node(driver_info={"fake_delay": 0.01})
+    with tasks.acquire(RequestContext.admin(), node_id, "test") as task:
+        task.callback_token = "token"
+        task.node.instance_id = "instance-1"
+        task.driver.deploy.deploy(task)
+        task.driver.deploy.clean(task)
+        task.save()
+    assert cloud.node(node_id).driver_internal_info[RUNS_KEY] == ["deploy instance-1", "clean"]
+
+    with tasks.acquire(RequestContext.admin(), node_id, "test") as task:
+        task.callback_token = "token"
+        for _ in range(RUNS_KEPT):
+            task.driver.deploy.deploy(task)
+        task.save()
+    runs = cloud.node(node_id).driver_internal_info[RUNS_KEY]
+    assert runs == ["deploy instance-1"] * RUNS_KEPT  # the oldest runs make way
 
 
 def test_fake_ramdisk_needs_a_callback_token(cloud: Cloud, tasks: TaskManager):

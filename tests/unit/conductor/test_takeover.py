@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Set
 from datetime import timedelta
 
@@ -9,7 +10,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 from sqlmodel import col, update
 
-from libs.db import Conductor, InstanceStatus, utcnow
+from libs.db import Conductor, InstanceStatus, Node, utcnow
 from services.conductor import states
 from services.conductor.hashring import HashRing
 from tests.unit.conductor.conftest import HOST, Cloud, wait_for
@@ -149,3 +150,34 @@ def test_a_take_over_that_failed_half_way_is_tried_again(
     node = cloud.settled(node_id, "deploy failed")
     assert node.last_error == "conductor c2 died during wait call-back"
     assert len(calls) >= 2
+
+
+def test_a_dead_conductors_node_locked_for_a_moment_is_taken_over_at_a_later_check(
+    cloud: Cloud,
+):
+    cloud.add_conductor("c2")
+    cloud.add_conductor("c3")
+    # c3 runs this deploy; when c3 dies, live c2 holds the node's lock for a moment (say
+    # its power sync, from before the ring changed): nobody may fail it then, but the
+    # node is this conductor's once c2 lets go, not a wait for the callback timeout.
+    node_id = cloud.make_node(
+        state="wait call-back",
+        ring=(HOST, "c2"),
+        reservation="c2",
+        driver_internal_info={"conductor": "c3"},
+    )
+    instance_id = cloud.make_instance(node_id)
+    cloud.start_conductor()
+
+    with cloud.db.session() as session:  # c3 stops: it leaves the ring
+        session.exec(update(Conductor).where(col(Conductor.hostname) == "c3").values(online=False))
+    time.sleep(0.5)  # several checks: the ring change is seen while c2 holds the lock
+    assert cloud.node(node_id).provision_state == "wait call-back"
+    with cloud.db.session() as session:  # c2's power sync ends
+        session.exec(update(Node).where(col(Node.id) == node_id).values(reservation=None))
+
+    # Well before c2's heartbeat goes stale (5 s), which would change the ring again.
+    node = cloud.settled(node_id, "deploy failed", timeout=2.0)
+    assert node.last_error == "conductor c3 died during wait call-back"
+    wait_for(lambda: cloud.scheduler.reschedules, what="a reschedule")
+    assert cloud.scheduler.reschedules[0]["instance_id"] == instance_id

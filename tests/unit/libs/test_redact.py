@@ -25,6 +25,13 @@ def test_answers_mask_every_credential_at_any_depth() -> None:
     assert INFO["ipmi_password"] == "open-sesame"  # the stored value is left alone
 
 
+def test_answers_hide_a_credential_quoted_in_another_field() -> None:
+    masked = mask_fields({**INFO, "note": "BMC rejects open-sesame", "tags": ["tok-123456"]})
+    assert masked["note"] == "BMC rejects ***"
+    assert masked["tags"] == ["***"]
+    assert masked["ipmi_username"] == "admin"
+
+
 def test_text_loses_every_credential_it_quotes() -> None:
     text = "ipmitool -U admin -P open-sesame -H 10.0.0.9 (snmp public-ish, tok-123456, 12345678)"
     assert scrub(text, INFO) == "ipmitool -U admin -P *** -H 10.0.0.9 (snmp ***, ***, ***)"

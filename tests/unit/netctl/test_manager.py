@@ -200,3 +200,28 @@ def test_concurrent_calls_on_one_port_leave_switch_and_database_agreeing(db, row
     after = stored(db, port.id)
     assert after.network_id is not None
     assert switch.segment_of(port) == segments[after.network_id]
+
+
+def test_a_call_nobody_answers_yet_is_sent_again_until_netctl_is_there(
+    settings, db, rows, memory_transport
+):
+    """A broker or netctl restarting must not fail the conductor's deploy step."""
+    service = NetctlService(settings, db, memory_transport)
+    api = NetworkAPI(memory_transport, timeout=5, retry_for=30)
+    starter = threading.Timer(0.5, service.start)  # netctl comes up half a second late
+    starter.start()
+    try:
+        result = api.provision_port(CTXT, rows["cabled"].id)
+    finally:
+        starter.join()
+        service.stop()
+
+    assert result["segmentation_id"] == settings.provisioning_segmentation_id
+    assert stored(db, rows["cabled"].id).binding == PortBinding.PROVISIONING
+
+
+def test_a_call_nobody_answers_fails_once_its_retry_time_is_over(rows, memory_transport):
+    api = NetworkAPI(memory_transport, timeout=5, retry_for=0.3)
+
+    with pytest.raises(rpc.NoConsumer):
+        api.unbind_port(CTXT, rows["cabled"].id)

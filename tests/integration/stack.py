@@ -18,6 +18,10 @@ from typing import Any
 
 import httpx
 
+#: The stacks started by the running test or its fixtures: a failed test's report shows
+#: their logs (tests/conftest.py), stopped ones are forgotten after the test.
+RUNNING: list[Stack] = []
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -61,6 +65,7 @@ class Stack:
     env: dict[str, str]
     workdir: Path
     processes: dict[str, Process] = field(default_factory=dict)
+    seen: dict[str, Path] = field(default_factory=dict)  # every service's log, by name
 
     def client(self, token: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token or self.admin_token}"}
@@ -78,6 +83,7 @@ class Stack:
         )
         handle.close()
         self.processes[name] = Process(name, popen, log, service, dict(extra_env or {}))
+        self.seen[name] = log
 
     def restart(self, name: str, *, kill: bool = False) -> None:
         """Stop one service (SIGTERM, or SIGKILL with ``kill``) and start it again with
@@ -108,8 +114,13 @@ class Stack:
                 process.popen.kill()
                 process.popen.wait()
 
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name} ---\n{p.tail()}" for p in self.processes.values())
+    def logs(self, lines: int = 40) -> str:
+        """The last lines of every service's log, stopped services included."""
+        parts = []
+        for name, log in self.seen.items():
+            text = log.read_text(errors="replace").splitlines() if log.exists() else []
+            parts.append(f"--- {name} ---\n" + "\n".join(text[-lines:]))
+        return "\n".join(parts)
 
     def check_alive(self) -> None:
         dead = [p for p in self.processes.values() if p.popen.poll() is not None]
@@ -151,6 +162,7 @@ def running_stack(
     for key in ("TETSU_CONFIG", "TETSU_HOSTNAME"):
         env.pop(key, None)
     stack = Stack(f"http://127.0.0.1:{port}", token, env, workdir)
+    RUNNING.append(stack)
     try:
         stack.start("netctl", "netctl", {"TETSU_HOSTNAME": "netctl-1"})
         for i in range(1, conductors + 1):

@@ -1,0 +1,23 @@
+"""Hooks for every test: a failed test that ran services shows their logs."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import pytest
+
+from tests.integration.stack import RUNNING
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed:
+        for stack in RUNNING:
+            report.sections.append((f"service logs ({stack.workdir})", stack.logs()))
+    if report.when == "teardown":
+        # Stacks a module's fixture keeps running stay listed for its next tests.
+        RUNNING[:] = [stack for stack in RUNNING if stack.processes]
+    return report

@@ -52,11 +52,7 @@ def stack(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     workdir = tmp_path_factory.mktemp("fuzz")
     try:
         with running_stack(workdir, database_url=url, transport_url=amqp_url) as running:
-            try:
-                yield running
-            except BaseException:
-                print(running.logs())
-                raise
+            yield running
             # A 5xx is logged by the API even when schemathesis does not see it fail.
             running.check_alive()
     finally:

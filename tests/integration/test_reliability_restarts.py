@@ -279,11 +279,7 @@ def broker_stack(tmp_path: Path) -> Iterator[tuple[Stack, RabbitNode, str]]:
                 tmp_path, database_url=url, transport_url=broker.url, extra_env=BROKER_RECOVERY
             ) as stack,
         ):
-            try:
-                yield stack, broker, url
-            except BaseException:
-                print(stack.logs())
-                raise
+            yield stack, broker, url
     finally:
         drop_database(name)
 
@@ -386,11 +382,7 @@ def burst_stack(amqp_url: str, tmp_path: Path) -> Iterator[tuple[Stack, str]]:
         with running_stack(
             tmp_path, database_url=url, transport_url=amqp_url, extra_env=FAST_RECOVERY
         ) as stack:
-            try:
-                yield stack, url
-            except BaseException:
-                print(stack.logs())
-                raise
+            yield stack, url
     finally:
         drop_database(name)
 

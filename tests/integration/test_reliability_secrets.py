@@ -85,11 +85,7 @@ def cloud(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[C
         with running_stack(
             workdir, database_url=url, transport_url=amqp_url, port=api_port, extra_env=env
         ) as stack:
-            try:
-                yield Cloud(stack, url, boot_url)
-            except BaseException:
-                print(stack.logs())
-                raise
+            yield Cloud(stack, url, boot_url)
     finally:
         drop_database(name)
 

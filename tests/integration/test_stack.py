@@ -31,11 +31,7 @@ def stack(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     workdir = tmp_path_factory.mktemp("stack")
     try:
         with running_stack(workdir, database_url=url, transport_url=amqp_url) as running:
-            try:
-                yield running
-            except BaseException:
-                print(running.logs())
-                raise
+            yield running
     finally:
         drop_database(name)
 

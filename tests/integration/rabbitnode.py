@@ -33,8 +33,11 @@ Traps met here:
   is not registered in epmd yet), so ``start()`` polls a real AMQP connection instead.
 * A durable queue declared less than about 2 s before a kill -9 was sometimes lost with
   the node's metadata: declare, then wait (about 3 s) before crashing the node.
-* pytest's ``/tmp/pytest-of-root`` is mode 0700, so user ``rabbitmq`` could not reach a
-  folder inside ``tmp_path``: ancestors of the node folder get the search bit (o+x).
+* pytest's ``/tmp/pytest-of-root`` is mode 0700, so user ``rabbitmq`` cannot reach a
+  folder inside ``tmp_path``; giving it the search bit is not enough, because any other
+  pytest session on the machine sets it back to 0700 (the running node then could not
+  create files and stalled, and a restart never booted). The node's folder is a
+  ``tempfile.mkdtemp`` folder of its own; ``base_dir`` gets a link to it.
 """
 
 from __future__ import annotations
@@ -47,8 +50,8 @@ import secrets
 import shutil
 import signal
 import socket
-import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
@@ -216,7 +219,11 @@ class RabbitNode:
         self.node_name: str = f"{short}@localhost"
         self.amqp_port: int = _free_port(set())
         self.dist_port: int = _free_port({self.amqp_port})
-        self.dir: Path = Path(base_dir).resolve() / short
+        self.dir: Path = Path(tempfile.mkdtemp(prefix=f"{short}-"))
+        self.dir.chmod(0o755)
+        link = Path(base_dir) / short  # where a test's files are: the node's logs
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(self.dir)
         self.pid_file: Path = self.dir / "rabbit.pid"
         self.log_dir: Path = self.dir / "log"
         self._pid: int | None = None
@@ -341,6 +348,7 @@ class RabbitNode:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def __repr__(self) -> str:
         return f"RabbitNode({self.node_name!r}, amqp_port={self.amqp_port}, pid={self._pid})"
@@ -363,11 +371,6 @@ class RabbitNode:
         (self.dir / "rabbitmq.conf").write_text("# throwaway node: defaults only\n")
         for path in [self.dir, *self.dir.rglob("*")]:
             os.chown(path, user.pw_uid, user.pw_gid)
-        # rabbitmq must be able to reach the folder (pytest's basetemp root is 0700).
-        for parent in self.dir.parents:
-            mode = parent.stat().st_mode
-            if not mode & stat.S_IXOTH:
-                os.chmod(parent, stat.S_IMODE(mode) | stat.S_IXOTH)
         self._prepared = True
 
     def _server_env(self) -> dict[str, str]:

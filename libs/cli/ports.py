@@ -81,4 +81,5 @@ def list_ports(
 
 
 commands = ResourceCommands(app, "port", lambda api: api.ports, "Port id or MAC address.")
+commands.add_show("Show a port: where it is cabled and what it is bound to now.")
 commands.add_delete("Forget a port.", label="address")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .client import APIClient, Resource
+from .client import APIClient, APIError, Resource
 from .output import (
     SERVER_COLUMNS,
     OutputFormat,
@@ -103,7 +103,32 @@ def list_servers(
     print_list(servers, SERVER_COLUMNS, fmt)
 
 
-commands.add_show("Show a server: status, task, node, fault...")
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    server: ServerArg,
+    endpoint: EndpointOption = None,
+    token: TokenOption = None,
+    fmt: FormatOption = OutputFormat.TABLE,
+) -> None:
+    """Show a server: status, task, node, fault, and the networks it is in, by name."""
+    with connect(ctx, endpoint, token) as api:
+        instance = api.instances.find(server)
+        networks = [_network_label(api, each) for each in instance.get("network_ids") or []]
+    if fmt is OutputFormat.JSON:
+        print_resource(instance, fmt)  # the API's object, unchanged, for scripts
+    else:
+        print_resource({**instance, "networks": networks}, fmt)
+
+
+def _network_label(api: APIClient, network_id: str) -> str:
+    """``name (id)``, or the bare id of a network the user can no longer see."""
+    try:
+        return f"{api.networks.get(network_id)['name']} ({network_id})"
+    except APIError as exc:
+        if exc.status != 404:
+            raise
+        return network_id
 
 
 @app.command("delete")

@@ -1,15 +1,16 @@
 """Switch backends: how the network controller wires a node's port into a network segment.
 
 The controller decides *which* segment a port belongs to; a backend makes the switch do
-it. ``FakeSwitch`` keeps the wiring in memory for tests and all-in-one mode; the OpenFlow
-backend plugs in here by name (``settings.backend``).
+it. ``FakeSwitch`` keeps the wiring in memory for tests and all-in-one mode;
+``OpenFlowSwitch`` (``services/netctl/openflow/``) programs Open vSwitch. ``settings.backend``
+names the one a netctl uses (:data:`BACKENDS`).
 """
 
 from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from libs.db import Port
@@ -26,6 +27,13 @@ class SwitchPort(NamedTuple):
 
 class SwitchBackend(ABC):
     """Programs the switches. Both operations are idempotent: doing one twice is harmless."""
+
+    def start(self, wiring: Iterable[tuple[Port, int]] = ()) -> None:  # noqa: B027
+        """Start with ``wiring``, each port's segment as the database records it (ports
+        bound to nothing are not in it), before any call."""
+
+    def stop(self) -> None:  # noqa: B027
+        """Let go of the switches; what they were programmed with stays."""
 
     @abstractmethod
     def bind(self, port: Port, segmentation_id: int) -> None:
@@ -46,6 +54,11 @@ class FakeSwitch(SwitchBackend):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._segments: dict[SwitchPort, int] = {}
+
+    def start(self, wiring: Iterable[tuple[Port, int]] = ()) -> None:
+        with self._lock:
+            for port, segment in wiring:
+                self._segments[self.switch_port_of(port)] = segment
 
     @staticmethod
     def switch_port_of(port: Port) -> SwitchPort:
@@ -80,7 +93,15 @@ class UnknownBackend(ValueError):
 #: real backend finds its switches).
 BACKENDS: dict[str, Callable[[NetctlSettings], SwitchBackend]] = {
     "fake": lambda _settings: FakeSwitch(),
+    "openflow": lambda settings: _openflow_switch(settings),  # noqa: PLW0108 (defined below)
 }
+
+
+def _openflow_switch(settings: NetctlSettings) -> SwitchBackend:
+    # Imported here: only a netctl that programs real switches loads os-ken.
+    from .openflow.switch import OpenFlowSwitch  # noqa: PLC0415
+
+    return OpenFlowSwitch(settings)
 
 
 def make_backend(settings: NetctlSettings) -> SwitchBackend:

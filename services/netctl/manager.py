@@ -13,6 +13,8 @@ import threading
 import zlib
 from typing import Any
 
+from sqlmodel import select
+
 from libs import rpc
 from libs.db import Database, Network, Port, PortBinding
 from libs.errors import NotFound
@@ -72,6 +74,23 @@ class NetworkManager:
             session.add(port)
             LOG.info("port %s: unbound", port_id)
             return _public(port, None)
+
+    def recorded_wiring(self) -> list[tuple[Port, int]]:
+        """Every port the database records as wired, with its segment: what the switches
+        must carry when netctl starts (the backend's starting state)."""
+        with self.db.session() as session:
+            rows = session.exec(
+                select(Port, Network)
+                .outerjoin(Network, Port.network_id == Network.id)  # type: ignore[arg-type]
+                .where(Port.binding != PortBinding.NONE)
+            ).all()
+        wiring = []
+        for port, network in rows:
+            if port.binding == PortBinding.PROVISIONING:
+                wiring.append((port, self.settings.provisioning_segmentation_id))
+            elif network is not None:
+                wiring.append((port, network.segmentation_id))
+        return wiring
 
     def _lock_for(self, port_id: str) -> threading.Lock:
         return self._locks[zlib.crc32(port_id.encode()) % LOCK_STRIPES]

@@ -1,4 +1,5 @@
-"""The network controller process: its switch backend and its RPC server on ``netctl``."""
+"""The network controller process: its switch backend (for OpenFlow, a controller the
+switches connect to) and its RPC server on ``netctl``."""
 
 from __future__ import annotations
 
@@ -25,8 +26,16 @@ class NetctlService:
         )
 
     def start(self) -> None:
-        self.server.start()
+        """Program the switches with what the database records, then take requests."""
+        self.backend.start(self.manager.recorded_wiring())
+        try:
+            self.server.start()
+        except BaseException:
+            self.backend.stop()
+            raise
 
     def stop(self) -> None:
-        """Take no new request; the ones being handled finish first."""
+        """Take no new request; the ones being handled finish first. The switches keep
+        their flows, so traffic goes on while netctl is away."""
         self.server.stop()
+        self.backend.stop()

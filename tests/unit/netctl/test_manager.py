@@ -225,3 +225,20 @@ def test_a_call_nobody_answers_fails_once_its_retry_time_is_over(rows, memory_tr
 
     with pytest.raises(rpc.NoConsumer):
         api.unbind_port(CTXT, rows["cabled"].id)
+
+
+def test_a_starting_netctl_programs_the_switch_with_what_the_database_records(
+    settings, db, rows, manager, memory_transport
+):
+    """netctl restarted: its new backend starts from the recorded wiring, not from empty."""
+    manager.bind_port(CTXT, rows["cabled"].id, rows["blue"].id)
+    manager.provision_port(CTXT, rows["uncabled"].id)
+
+    service = NetctlService(settings, db, memory_transport)
+    service.start()
+    service.stop()
+
+    assert isinstance(service.backend, FakeSwitch)
+    assert service.backend.segment_of(rows["cabled"]) == 101
+    assert service.backend.segment_of(rows["uncabled"]) == 4000
+    assert len(service.backend.wiring()) == 2

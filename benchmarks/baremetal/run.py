@@ -35,11 +35,10 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from services.conductor.bootserver import dnsmasq_config  # noqa: E402
 from tests.integration.conftest import create_database, drop_database  # noqa: E402
 from tests.integration.rabbitnode import create_vhost, delete_vhost  # noqa: E402
 from tests.integration.stack import free_port, running_stack, wait_for  # noqa: E402
-from tests.lab.harness import HOST_IP, IPV6_PREFIX, SUBNET_PREFIX, Guest, lab  # noqa: E402
+from tests.lab.harness import HOST_IP, Guest, boot_settings, lab  # noqa: E402
 from tests.lab.images import make_marker_image  # noqa: E402
 
 MiB = 1024 * 1024
@@ -158,19 +157,7 @@ def enroll(admin: httpx.Client, guest: Guest) -> tuple[str, str]:
             "disk_gb": 0,
         },
     ).json()["id"]
-    node_id = admin.post(
-        "/v1/nodes",
-        json={
-            "name": guest.name,
-            "resource_class": "baremetal",
-            "properties": {"cpus": 1, "memory_mb": 384, "disk_gb": 0},
-            "power_interface": "ipmi",
-            "management_interface": "ipmi",
-            "boot_interface": "pxe",
-            "deploy_interface": "ramdisk",
-            "driver_info": guest.driver_info,
-        },
-    ).json()["id"]
+    node_id = admin.post("/v1/nodes", json=guest.node_request).json()["id"]
     admin.post("/v1/ports", json={"address": guest.mac, "node_id": node_id})
     admin.put(f"/v1/nodes/{node_id}/states/provision", json={"target": "manage"})
     wait_for(
@@ -206,19 +193,16 @@ def main() -> None:
     (raw_root / "ramdisk").mkdir(parents=True)
     (raw_root / "ramdisk" / "vmlinuz").symlink_to(kernel)
     (raw_root / "ramdisk" / "initramfs").symlink_to(initramfs)
-    boot_root = work / "boot"
-    hostsdir = boot_root / "dhcp-hosts"
-    hostsdir.mkdir(parents=True)
     api_port, boot_port = free_port(), free_port()
-    boot_url = f"http://{HOST_IP}:{boot_port}"
-    config = dnsmasq_config(
-        interface="lab0",
-        dhcp_range=(f"{SUBNET_PREFIX}.100", f"{SUBNET_PREFIX}.199"),
-        boot_server_url=boot_url,
-        tftp_server_ip=HOST_IP,
-        hostsdir=hostsdir,
-        ipv6_ra_prefix=IPV6_PREFIX,
+    env, config = boot_settings(
+        boot_root=work / "boot",
+        boot_port=boot_port,
+        api_port=api_port,
+        kernel=kernel,
+        initramfs=initramfs,
     )
+    env["TETSU_LOG_LEVEL"] = "WARNING"
+    hostsdir = Path(env["TETSU_DHCP_HOSTSDIR"])
     results: dict[int, dict[str, float]] = {size: {} for size in sizes}
     vhost = f"tetsu-bench-{secrets.token_hex(4)}"
     amqp_url = create_vhost(vhost)
@@ -233,22 +217,6 @@ def main() -> None:
                 results[size_mb]["raw"] = seconds
                 print(f"raw chain, {size_mb} MiB: power-on to callback {seconds:.1f} s", flush=True)
             (hostsdir / guest.mac).unlink()
-            env = {
-                "TETSU_HOST": "0.0.0.0",
-                "TETSU_ENABLED_POWER_INTERFACES": '["ipmi"]',
-                "TETSU_ENABLED_MANAGEMENT_INTERFACES": '["ipmi"]',
-                "TETSU_ENABLED_BOOT_INTERFACES": '["pxe"]',
-                "TETSU_ENABLED_DEPLOY_INTERFACES": '["ramdisk"]',
-                "TETSU_BOOT_ROOT": str(boot_root),
-                "TETSU_BOOT_SERVER_PORT": str(boot_port),
-                "TETSU_BOOT_SERVER_URL": boot_url,
-                "TETSU_TFTP_PORT": "0",
-                "TETSU_DHCP_HOSTSDIR": str(hostsdir),
-                "TETSU_CALLBACK_URL": f"http://{HOST_IP}:{api_port}",
-                "TETSU_RAMDISK_KERNEL": str(kernel),
-                "TETSU_RAMDISK_INITRAMFS": str(initramfs),
-                "TETSU_LOG_LEVEL": "WARNING",
-            }
             (work / "stack").mkdir()
             with (
                 running_stack(

@@ -34,6 +34,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.conductor.bootserver import dnsmasq_config
+
 ROOT = Path(__file__).resolve().parents[2]
 LAB_VENV = Path(os.environ.get("TETSU_LAB_VENV", ROOT / ".venv-lab"))
 
@@ -237,6 +239,20 @@ class Guest:
             "ipmi_password": self.ipmi_password,
         }
 
+    @property
+    def node_request(self) -> dict[str, object]:
+        """The body of ``POST /v1/nodes`` that enrolls this guest as a real machine."""
+        return {
+            "name": self.name,
+            "resource_class": "baremetal",
+            "properties": {"cpus": 1, "memory_mb": 384, "disk_gb": 0},
+            "power_interface": "ipmi",
+            "management_interface": "ipmi",
+            "boot_interface": "pxe",
+            "deploy_interface": "ramdisk",
+            "driver_info": self.driver_info,
+        }
+
     def ipmitool(self, *args: str, check: bool = True) -> str:
         """An independent IPMI client's answer (to cross-check what tetsu did)."""
         result = run(
@@ -333,6 +349,40 @@ def wait_until(condition: object, *, timeout: float, what: str, interval: float 
             return
         time.sleep(interval)
     raise LabError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def boot_settings(
+    *, boot_root: Path, boot_port: int, api_port: int, kernel: Path, initramfs: Path
+) -> tuple[dict[str, str], str]:
+    """The ``TETSU_*`` settings of a stack whose conductor deploys the lab's guests (the
+    API and the boot server on the lab network), and the lab's dnsmasq configuration."""
+    boot_url = f"http://{HOST_IP}:{boot_port}"
+    hostsdir = boot_root / "dhcp-hosts"
+    hostsdir.mkdir(parents=True, exist_ok=True)  # dnsmasq reads only a folder it saw at start
+    env = {
+        "TETSU_HOST": "0.0.0.0",  # the guests call the API back from the lab network
+        "TETSU_ENABLED_POWER_INTERFACES": '["fake", "ipmi"]',
+        "TETSU_ENABLED_MANAGEMENT_INTERFACES": '["fake", "ipmi"]',
+        "TETSU_ENABLED_BOOT_INTERFACES": '["fake", "pxe"]',
+        "TETSU_ENABLED_DEPLOY_INTERFACES": '["fake", "ramdisk"]',
+        "TETSU_BOOT_ROOT": str(boot_root),
+        "TETSU_BOOT_SERVER_PORT": str(boot_port),
+        "TETSU_BOOT_SERVER_URL": boot_url,
+        "TETSU_TFTP_PORT": "0",  # the guests' NIC ROM is iPXE already
+        "TETSU_DHCP_HOSTSDIR": str(hostsdir),
+        "TETSU_CALLBACK_URL": f"http://{HOST_IP}:{api_port}",
+        "TETSU_RAMDISK_KERNEL": str(kernel),
+        "TETSU_RAMDISK_INITRAMFS": str(initramfs),
+    }
+    config = dnsmasq_config(
+        interface="lab0",
+        dhcp_range=(f"{SUBNET_PREFIX}.100", f"{SUBNET_PREFIX}.199"),
+        boot_server_url=boot_url,
+        tftp_server_ip=HOST_IP,
+        hostsdir=hostsdir,
+        ipv6_ra_prefix=IPV6_PREFIX,
+    )
+    return env, config
 
 
 def _domain_xml(guest: Guest, bridge: str, memory_mb: int) -> str:

@@ -21,10 +21,9 @@ from typing import Any
 import httpx
 import pytest
 
-from services.conductor.bootserver import dnsmasq_config
 from tests.integration.conftest import create_database, drop_database
 from tests.integration.stack import Stack, free_port, running_stack, wait_for
-from tests.lab.harness import HOST_IP, IPV6_PREFIX, SUBNET_PREFIX, Guest, Lab, lab
+from tests.lab.harness import Guest, Lab, boot_settings, lab
 from tests.lab.images import make_marker_image
 
 pytestmark = pytest.mark.lab
@@ -58,41 +57,25 @@ def baremetal(
     amqp_url: str, ramdisk_files: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Baremetal]:
     workdir = tmp_path_factory.mktemp("baremetal")
-    boot_root = workdir / "boot"
-    hostsdir = boot_root / "dhcp-hosts"
-    hostsdir.mkdir(parents=True)
     files = workdir / "files"
     files.mkdir()
-    api_port, boot_port = free_port(), free_port()
-    boot_url = f"http://{HOST_IP}:{boot_port}"
+    api_port = free_port()
     kernel, initramfs = ramdisk_files
-    env = {
-        "TETSU_HOST": "0.0.0.0",
-        "TETSU_ENABLED_POWER_INTERFACES": '["fake", "ipmi"]',
-        "TETSU_ENABLED_MANAGEMENT_INTERFACES": '["fake", "ipmi"]',
-        "TETSU_ENABLED_BOOT_INTERFACES": '["fake", "pxe"]',
-        "TETSU_ENABLED_DEPLOY_INTERFACES": '["fake", "ramdisk"]',
-        "TETSU_BOOT_ROOT": str(boot_root),
-        "TETSU_BOOT_SERVER_PORT": str(boot_port),
-        "TETSU_BOOT_SERVER_URL": boot_url,
-        "TETSU_TFTP_PORT": "0",  # the guests' NIC ROM is iPXE already
-        "TETSU_DHCP_HOSTSDIR": str(hostsdir),
-        "TETSU_CALLBACK_URL": f"http://{HOST_IP}:{api_port}",
-        "TETSU_RAMDISK_KERNEL": str(kernel),
-        "TETSU_RAMDISK_INITRAMFS": str(initramfs),
-        "TETSU_IPMI_TIMEOUT": "4",
-        "TETSU_IPMI_RETRIES": "2",
-        "TETSU_POWER_SYNC_INTERVAL": "5",
-        "TETSU_CALLBACK_TIMEOUT": str(DEPLOY_TIMEOUT),
-        "TETSU_MAX_ATTEMPTS": "1",  # a failed deploy ends in ERROR, not on the other guest
-    }
-    config = dnsmasq_config(
-        interface="lab0",
-        dhcp_range=(f"{SUBNET_PREFIX}.100", f"{SUBNET_PREFIX}.199"),
-        boot_server_url=boot_url,
-        tftp_server_ip=HOST_IP,
-        hostsdir=hostsdir,
-        ipv6_ra_prefix=IPV6_PREFIX,
+    env, config = boot_settings(
+        boot_root=workdir / "boot",
+        boot_port=free_port(),
+        api_port=api_port,
+        kernel=kernel,
+        initramfs=initramfs,
+    )
+    env.update(
+        {
+            "TETSU_IPMI_TIMEOUT": "4",
+            "TETSU_IPMI_RETRIES": "2",
+            "TETSU_POWER_SYNC_INTERVAL": "5",
+            "TETSU_CALLBACK_TIMEOUT": str(DEPLOY_TIMEOUT),
+            "TETSU_MAX_ATTEMPTS": "1",  # a failed deploy ends in ERROR, not on the other guest
+        }
     )
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), partial(_QuietHandler, directory=str(files))
@@ -143,22 +126,7 @@ def _enroll(the_lab: Lab, stack: Stack, files: Path, files_url: str) -> Baremeta
         )
         network = ok(admin.post("/v1/networks", json={"name": "lab-net"}), 201)
         for guest in the_lab.guests:
-            node = ok(
-                admin.post(
-                    "/v1/nodes",
-                    json={
-                        "name": guest.name,
-                        "resource_class": "baremetal",
-                        "properties": {"cpus": 1, "memory_mb": 384, "disk_gb": 0},
-                        "power_interface": "ipmi",
-                        "management_interface": "ipmi",
-                        "boot_interface": "pxe",
-                        "deploy_interface": "ramdisk",
-                        "driver_info": guest.driver_info,
-                    },
-                ),
-                201,
-            )
+            node = ok(admin.post("/v1/nodes", json=guest.node_request), 201)
             ok(admin.post("/v1/ports", json={"address": guest.mac, "node_id": node["id"]}), 201)
             guests[node["id"]] = guest
         for node_id in guests:

@@ -115,6 +115,7 @@ LAB_PACKAGES=(
     qemu-system-x86 ipxe-qemu ipxe libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
     libvirt-dev pkg-config gcc python3-dev ipmitool dnsmasq-base openvswitch-switch
     linux-image-cloud-amd64 busybox-static cpio gzip ethtool iproute2 kmod
+    syslinux syslinux-common mtools dosfstools fdisk
 )
 LAB_VENV="${TETSU_LAB_VENV:-$ROOT/.venv-lab}"
 VIRTUALBMC_VERSION=3.3.0
@@ -129,6 +130,13 @@ ensure_lab() {
         "$LAB_VENV/bin/python" -m pip install -q --disable-pip-version-check \
             "virtualbmc==$VIRTUALBMC_VERSION"
     fi
+}
+
+ensure_browser() {
+    # Debian's chromium for the dashboard's browser tests (tests/browser): Playwright
+    # drives it (executable_path=/usr/bin/chromium) and never downloads a browser.
+    apt_install chromium
+    export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 }
 
 ensure_docker() {

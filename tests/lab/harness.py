@@ -2,10 +2,11 @@
 bridge, with dnsmasq in a network namespace of the lab's own.
 
 ```
- guests (libvirt, TCG) vnetN ─┐
-                              │ OVS bridge tlab<id> (netdev datapath, standalone)
+ guests (libvirt, TCG), tap tlab<id>-g<n> ──┐
+                                            │ OVS bridge tlab<id> (netdev datapath): a learning
+                                            │ switch, or OpenFlow 1.3 from netctl (secure mode)
  root ns: tlab<id> internal port 10.77.0.254/24 ── API + conductor boot server listen here
-                              │
+                                            │
  netns tetsu-lab-<id>: lab0 10.77.0.1/24 + fd77::1/64 ── dnsmasq (DHCP, IPv6 RA)
  vbmcd: one IPMI BMC per guest on 127.0.0.1:<port> ── libvirt ── the guest
 ```
@@ -229,6 +230,9 @@ class Guest:
     serial_log: Path
     ipmi_username: str
     ipmi_password: str
+    #: The name of its NIC's switch port (the tap libvirt makes at every power on, named
+    #: so it stays the same, like a cable in a physical switch's port).
+    tap: str = ""
 
     @property
     def driver_info(self) -> dict[str, object]:
@@ -252,6 +256,14 @@ class Guest:
             "deploy_interface": "ramdisk",
             "driver_info": self.driver_info,
         }
+
+    def port_request(self, node_id: str, switch_id: str | None = None) -> dict[str, object]:
+        """The body of ``POST /v1/ports`` for this guest's NIC, with its switch attachment
+        when ``switch_id`` (the lab bridge's datapath id) is given."""
+        body: dict[str, object] = {"address": self.mac, "node_id": node_id}
+        if switch_id is not None:
+            body |= {"switch_id": switch_id, "switch_port": self.tap}
+        return body
 
     def ipmitool(self, *args: str, check: bool = True) -> str:
         """An independent IPMI client's answer (to cross-check what tetsu did)."""
@@ -311,6 +323,7 @@ class Lab:
     lab_id: str
     bridge: str
     namespace: str
+    datapath_id: str = ""  # the bridge's, 16 hex digits
     guests: list[Guest] = field(default_factory=list)
     _processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _vbmc_env: dict[str, str] = field(default_factory=dict)
@@ -318,6 +331,13 @@ class Lab:
     @property
     def host_ip(self) -> str:
         return HOST_IP
+
+    @property
+    def provisioning_ports(self) -> list[str]:
+        """The switch ports of the boot services, as netctl's ``provisioning_ports``: the
+        bridge's own port (the API and the boot server in the root namespace) and the
+        dnsmasq namespace's veth."""
+        return [f"{self.datapath_id}:{self.bridge}", f"{self.datapath_id}:{self.bridge}-o"]
 
     # BMC control, for tests that break a BMC on purpose.
     def vbmc(self, *args: str, check: bool = True) -> str:
@@ -414,6 +434,7 @@ def _domain_xml(guest: Guest, bridge: str, memory_mb: int) -> str:
               <mac address='{guest.mac}'/>
               <source bridge='{bridge}'/>
               <virtualport type='openvswitch'/>
+              <target dev='{guest.tap}'/>
               <model type='virtio'/>
               <driver name='qemu'><host csum='off'/></driver>
             </interface>
@@ -461,11 +482,14 @@ def lab(
     memory_mb: int = 384,
     dnsmasq_config: str | None = None,
     hostsdir: Path | None = None,
+    controller_port: int | None = None,
 ) -> Iterator[Lab]:
     """Set up the lab in ``workdir`` and tear it down afterwards.
 
     ``dnsmasq_config`` is the configuration text for the lab's dnsmasq (the conductor's
-    boot server makes it); None starts a plain DHCP server.
+    boot server makes it); None starts a plain DHCP server. With ``controller_port``, the
+    bridge forwards only what the OpenFlow controller on 127.0.0.1:<port> (netctl) tells it
+    to (``fail_mode=secure``); without, it is a plain learning switch.
     """
     check_prerequisites()
     with exclusive():
@@ -479,9 +503,10 @@ def lab(
             lab_id=lab_id,
             bridge=f"{BRIDGE_PREFIX}{lab_id}",
             namespace=f"{NAME_PREFIX}-{lab_id}",
+            datapath_id=f"00007e77{lab_id}0000",
         )
         try:
-            _make_network(the_lab)
+            _make_network(the_lab, controller_port)
             _start_dnsmasq(the_lab, dnsmasq_config, hostsdir)
             _start_vbmcd(the_lab)
             _make_guests(the_lab, guests, disk_mb, memory_mb)
@@ -490,9 +515,14 @@ def lab(
             _tear_down(the_lab)
 
 
-def _make_network(lab: Lab) -> None:
+def _make_network(lab: Lab, controller_port: int | None) -> None:
     bridge, namespace = lab.bridge, lab.namespace
-    run("ovs-vsctl", "add-br", bridge, "--", "set", "bridge", bridge, "datapath_type=netdev")
+    settings = ["datapath_type=netdev", f"other-config:datapath-id={lab.datapath_id}"]
+    if controller_port is not None:
+        settings += ["fail_mode=secure", "protocols=OpenFlow13"]
+    run("ovs-vsctl", "add-br", bridge, "--", "set", "bridge", bridge, *settings)
+    if controller_port is not None:
+        run("ovs-vsctl", "set-controller", bridge, f"tcp:127.0.0.1:{controller_port}")
     run("ip", "link", "set", bridge, "up")
     run("ip", "addr", "add", f"{HOST_IP}/24", "dev", bridge)
     run("ip", "netns", "add", namespace)
@@ -578,6 +608,7 @@ def _make_guests(lab: Lab, count: int, disk_mb: int, memory_mb: int) -> None:
             serial_log=lab.workdir / f"node{index + 1}-serial.log",
             ipmi_username="admin",
             ipmi_password=secrets.token_urlsafe(12),
+            tap=f"{lab.bridge}-g{index + 1}",
         )
         with guest.disk.open("wb") as handle:  # sparse: an empty disk, as from the factory
             handle.truncate(disk_mb * 1024 * 1024)

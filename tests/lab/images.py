@@ -7,7 +7,9 @@ reorders any of them changes the sha256.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import shutil
 import subprocess
 import tempfile
 import time
@@ -138,3 +140,141 @@ def boot_disk(disk: Path, marker: str, timeout: float = 60.0, interface: str = "
         finally:
             qemu.kill()
             qemu.wait()
+
+
+# -- a Linux image that probes its network ---------------------------------------------------
+
+#: Runs as the probe image's first process (``rdinit=/probe``): loads the deploy ramdisk's
+#: NIC modules, takes the address <prefix>.<last byte of its MAC>, then pings every peer
+#: once per round, forever, and prints each answer on the serial console.
+PROBE_SCRIPT = """\
+#!/bin/busybox sh
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2> /dev/null
+while read -r module; do
+\t[ -n "$module" ] && insmod "/lib/modules/$module.ko" 2> /dev/null
+done < /etc/tetsu/modules
+arg() {
+\tfor word in $(cat /proc/cmdline); do
+\t\tcase "$word" in "$1="*) echo "${word#*=}" | tr , ' ';; esac
+\tdone
+}
+marker=$(arg tetsu_probe_marker)
+prefix=$(arg tetsu_probe_prefix)
+peers=$(arg tetsu_probe_peers)
+nic=""
+while [ -z "$nic" ]; do
+\tfor path in /sys/class/net/*; do
+\t\t[ "${path##*/}" = lo ] || nic=${path##*/}
+\tdone
+\t[ -n "$nic" ] || sleep 0.2
+done
+mac=$(cat "/sys/class/net/$nic/address")
+self="$prefix.$(printf %d "0x${mac##*:}")"
+ip link set lo up
+ip addr add "$self/24" dev "$nic"
+ip link set "$nic" up
+echo "tetsu-probe $marker up $self $mac"
+round=0
+while true; do
+\tround=$((round + 1))
+\tfor peer in $peers; do
+\t\t[ "$peer" = "$self" ] && continue
+\t\tif ping -c 1 -W 1 "$peer" > /dev/null 2>&1; then answer=yes; else answer=no; fi
+\t\techo "tetsu-probe $self -> $peer $answer"
+\tdone
+\techo "tetsu-probe $self round $round"
+\tsleep 1
+done
+"""
+
+#: The boot loader's configuration: straight into Linux with the serial console.
+SYSLINUX_CFG = """\
+SERIAL 0 115200
+DEFAULT probe
+PROMPT 0
+TIMEOUT 0
+LABEL probe
+  KERNEL vmlinuz
+  APPEND initrd=initrd console=ttyS0,115200 rdinit=/probe quiet {arguments}
+"""
+
+MBR_CODE = Path("/usr/lib/syslinux/mbr/mbr.bin")
+PARTITION_START_SECTOR = 2048  # 1 MiB, as partitioning tools align
+
+
+def probe_address(prefix: str, mac: str) -> str:
+    """The IPv4 address the probe image takes on the machine with NIC ``mac``."""
+    return f"{prefix}.{int(mac.rsplit(':', 1)[-1], 16)}"
+
+
+def make_probe_image(
+    path: Path,
+    *,
+    kernel: Path,
+    initramfs: Path,
+    marker: str,
+    prefix: str,
+    peers: list[str],
+    size_mb: int = 32,
+) -> ImageInfo:
+    """Writes a raw disk image that boots Linux (syslinux on a FAT partition, the deploy
+    ramdisk's kernel and modules) into :data:`PROBE_SCRIPT`: the machine takes
+    ``<prefix>.<last MAC byte>`` and reports, round after round, which of ``peers`` answer
+    a ping ("tetsu-probe <self> -> <peer> yes|no" on its serial console)."""
+    arguments = " ".join(
+        [
+            f"tetsu_probe_marker={marker}",
+            f"tetsu_probe_prefix={prefix}",
+            f"tetsu_probe_peers={','.join(peers)}",
+        ]
+    )
+    with tempfile.TemporaryDirectory(prefix="tetsu-probe-") as scratch:
+        folder = Path(scratch)
+        # The deploy ramdisk's archive plus a second one with the probe: the kernel
+        # unpacks concatenated archives in order, and rdinit= picks the probe.
+        tree = folder / "tree"
+        tree.mkdir()
+        probe = tree / "probe"
+        probe.write_text(PROBE_SCRIPT)
+        probe.chmod(0o755)
+        overlay = subprocess.run(
+            ["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0"],
+            input=b"probe\n",
+            cwd=tree,
+            capture_output=True,
+            check=True,
+        ).stdout
+        initrd = folder / "initrd"
+        initrd.write_bytes(initramfs.read_bytes() + gzip.compress(overlay))
+        shutil.copyfile(kernel, folder / "vmlinuz")
+        (folder / "syslinux.cfg").write_text(SYSLINUX_CFG.format(arguments=arguments))
+
+        partition = folder / "partition.img"
+        sectors = size_mb * 2048 - PARTITION_START_SECTOR
+        _tool("mkfs.fat", "-C", "-F", "16", "-h", str(PARTITION_START_SECTOR), "-n", "TETSUPROBE",
+              str(partition), str(sectors // 2))  # fmt: skip
+        _tool("syslinux", "--install", str(partition))
+        for name in ("vmlinuz", "initrd", "syslinux.cfg"):
+            _tool("mcopy", "-i", str(partition), str(folder / name), f"::{name}")
+
+        with path.open("wb") as disk:
+            disk.truncate(size_mb << 20)
+        table = f"label: dos\nstart={PARTITION_START_SECTOR}, type=6, bootable\n"
+        _tool("sfdisk", "--quiet", str(path), input_text=table)
+        with path.open("r+b") as disk:
+            disk.write(MBR_CODE.read_bytes()[:440])  # boot code only: the table follows
+            disk.seek(PARTITION_START_SECTOR * SECTOR)
+            with partition.open("rb") as source:
+                shutil.copyfileobj(source, disk, PADDING_BLOCK)
+    return ImageInfo(sha256=sha256_of(path), size=path.stat().st_size)
+
+
+def _tool(*args: str, input_text: str | None = None) -> None:
+    result = subprocess.run(
+        list(args), input=input_text, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed: {(result.stderr or result.stdout).strip()}")

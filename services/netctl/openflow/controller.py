@@ -315,11 +315,13 @@ def listed_flow(stats: Any) -> Flow:
 
 
 def port_numbers(datapath: Datapath) -> dict[str, int]:
-    """The switch's port numbers by port name (its ports as os-ken tracks them)."""
+    """The switch's port numbers by port name (its ports as os-ken tracks them). The
+    bridge's own port (LOCAL, named like the bridge) counts: a boot server often listens
+    on it. The other reserved numbers (CONTROLLER, ALL...) are no attachment points."""
     ports = dict(datapath.ports or {})  # a copy: os-ken's thread updates it
-    maximum = datapath.ofproto.OFPP_MAX
+    ofproto = datapath.ofproto
     return {
         port.name.decode("utf-8", "replace"): number
         for number, port in ports.items()
-        if number <= maximum  # not LOCAL, CONTROLLER and the like
+        if number <= ofproto.OFPP_MAX or number == ofproto.OFPP_LOCAL
     }

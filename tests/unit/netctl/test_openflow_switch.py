@@ -16,6 +16,7 @@ from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 from libs.db import Port
 from libs.errors import BadRequest
 from services.netctl.backends import make_backend
+from services.netctl.openflow.controller import port_numbers
 from services.netctl.openflow.flows import (
     COOKIE_PREFIX,
     Drop,
@@ -237,3 +238,9 @@ def test_the_controller_starts_listening_and_stops_cleanly_twice(backend):
         backend.stop()
     assert threading.active_count() == before
     assert backend.wiring()[Attachment(DPID, "vnet1")] == 101
+
+
+def test_the_bridge_port_is_an_attachment_point_and_other_reserved_ports_are_not():
+    switch = SwitchDouble({"eth1": 1, "br0": ofproto_v1_3.OFPP_LOCAL})
+    switch.plug("controller", ofproto_v1_3.OFPP_CONTROLLER)
+    assert port_numbers(switch) == {"eth1": 1, "br0": ofproto_v1_3.OFPP_LOCAL}

@@ -1,0 +1,314 @@
+"""Tenant isolation end to end: the lab's bridge forwards only what netctl's OpenFlow
+controller allows (``fail_mode=secure``), two tenants each deploy two QEMU guests over the
+REST API, and the image the guests then boot pings every other guest and the boot services.
+
+```
+ tenant alpha: a1 a2 ─┐                            ┌─ tenant beta: b1 b2
+                      └─ OVS tlab<id> (secure) ────┘    netctl (openflow backend) programs it
+ provisioning: the bridge's own port (API, boot server) and dnsmasq's namespace
+```
+
+Every guest takes an address in the provisioning network's subnet, so a leak into the
+provisioning network (the API, the boot server, dnsmasq) would show as an answer as
+surely as one into the other tenant's network. Enrolment already runs the lab's first
+cleaning through the isolated provisioning network, and each deploy moves the guest's
+port from provisioning to its tenant network while libvirt re-creates the port at each
+power on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.conftest import create_database, drop_database
+from tests.integration.stack import Stack, free_port, running_stack, wait_for
+from tests.lab.harness import (
+    DNSMASQ_IP,
+    HOST_IP,
+    SUBNET_PREFIX,
+    Guest,
+    Lab,
+    boot_settings,
+    lab,
+    run,
+)
+from tests.lab.images import make_probe_image, probe_address
+from tests.lab.test_baremetal import all_nodes_in, instance, ok
+
+pytestmark = pytest.mark.lab
+
+DEPLOY_TIMEOUT = 480.0
+TENANTS = {"alpha": ("a1", "a2"), "beta": ("b1", "b2")}
+#: Rounds of pings every guest completes after all its neighbours answered, before the
+#: verdict: each round asks every other guest and both boot services once.
+ROUNDS_AFTER = 2
+PROBE_LINE = re.compile(r"tetsu-probe (\S+) -> (\S+) (yes|no)")
+
+
+@dataclass
+class Tenant:
+    name: str
+    token: str
+    network: dict[str, Any]
+
+
+@dataclass
+class IsolatedLab:
+    lab: Lab
+    stack: Stack
+    guests: dict[str, Guest]  # node id -> guest
+    flavor: str
+    tenants: dict[str, Tenant]
+
+
+@pytest.fixture(scope="module")
+def isolated(
+    amqp_url: str, ramdisk_files: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[IsolatedLab]:
+    workdir = tmp_path_factory.mktemp("isolation")
+    api_port, controller_port = free_port(), free_port()
+    kernel, initramfs = ramdisk_files
+    env, config = boot_settings(
+        boot_root=workdir / "boot",
+        boot_port=free_port(),
+        api_port=api_port,
+        kernel=kernel,
+        initramfs=initramfs,
+    )
+    name, url = create_database()
+    try:
+        with lab(
+            workdir, guests=4, dnsmasq_config=config, controller_port=controller_port
+        ) as the_lab:
+            env.update(
+                {
+                    "TETSU_BACKEND": "openflow",
+                    "TETSU_OPENFLOW_LISTEN_PORT": str(controller_port),
+                    "TETSU_PROVISIONING_PORTS": json.dumps(the_lab.provisioning_ports),
+                    "TETSU_IPMI_TIMEOUT": "4",
+                    "TETSU_IPMI_RETRIES": "2",
+                    "TETSU_CALLBACK_TIMEOUT": str(DEPLOY_TIMEOUT),
+                    "TETSU_MAX_ATTEMPTS": "1",
+                }
+            )
+            with running_stack(
+                workdir, database_url=url, transport_url=amqp_url, port=api_port, extra_env=env
+            ) as stack:
+                try:
+                    wait_for(
+                        lambda: _controller_connected(the_lab),
+                        timeout=60,
+                        what="the lab bridge to connect to netctl",
+                    )
+                    yield _enroll(the_lab, stack)
+                except BaseException:
+                    print("--- flows ---\n" + _flows(the_lab))
+                    for guest in the_lab.guests:
+                        print(f"--- {guest.name} serial ---\n{guest.serial()[-2500:]}")
+                    raise
+    finally:
+        drop_database(name)
+
+
+def _controller_connected(the_lab: Lab) -> bool:
+    answer = run("ovs-vsctl", "--timeout=5", "get", "controller", the_lab.bridge, "is_connected")
+    return answer.stdout.strip() == "true"
+
+
+def _flows(the_lab: Lab) -> str:
+    return run("ovs-ofctl", "-O", "OpenFlow13", "dump-flows", the_lab.bridge, check=False).stdout
+
+
+def _enroll(the_lab: Lab, stack: Stack) -> IsolatedLab:
+    """The guests as nodes whose ports name their switch port, made available (their first
+    cleaning runs in the isolated provisioning network), and two tenants with a network each."""
+    guests: dict[str, Guest] = {}
+    with stack.client() as admin:
+        flavor = ok(
+            admin.post(
+                "/v1/flavors",
+                json={
+                    "name": "bm.isolated",
+                    "resource_class": "baremetal",
+                    "cpus": 1,
+                    "memory_mb": 256,
+                    "disk_gb": 0,
+                },
+            ),
+            201,
+        )
+        for guest in the_lab.guests:
+            node = ok(admin.post("/v1/nodes", json=guest.node_request), 201)
+            port = guest.port_request(node["id"], the_lab.datapath_id)
+            ok(admin.post("/v1/ports", json=port), 201)
+            guests[node["id"]] = guest
+        for target, state in (("manage", "manageable"), ("provide", "available")):
+            for node_id in guests:
+                ok(admin.put(f"/v1/nodes/{node_id}/states/provision", json={"target": target}))
+            wait_for(
+                partial(all_nodes_in, admin, guests, state),
+                timeout=DEPLOY_TIMEOUT,
+                interval=1,
+                what=f"nodes {state} after {target}",
+            )
+        tenants = {}
+        for tenant in TENANTS:
+            project = ok(admin.post("/v1/projects", json={"name": tenant}), 201)
+            password = f"{tenant}-password-1"
+            user = {"name": f"{tenant}-user", "password": password, "project_id": project["id"]}
+            ok(admin.post("/v1/users", json=user), 201)
+            login = {"name": user["name"], "password": password}
+            token = ok(httpx.post(f"{stack.endpoint}/v1/tokens", json=login), 201)["token"]
+            with stack.client(token) as member:
+                network = ok(member.post("/v1/networks", json={"name": f"{tenant}-net"}), 201)
+            tenants[tenant] = Tenant(tenant, token, network)
+    return IsolatedLab(the_lab, stack, guests, flavor["id"], tenants)
+
+
+def _answers(guest: Guest, mark: int) -> list[tuple[str, str, str]]:
+    """(self, peer, yes|no) for each ping the guest's probe reported since ``mark``."""
+    return PROBE_LINE.findall(guest.serial_since(mark))
+
+
+def _rounds(guest: Guest, mark: int) -> int:
+    """Probe rounds the guest finished since ``mark``."""
+    return guest.serial_since(mark).count(" round ")
+
+
+def _rounds_reach(guest: Guest, mark: int, rounds: int) -> bool:
+    return _rounds(guest, mark) >= rounds
+
+
+def _shows(guest: Guest, mark: int, text: str) -> bool:
+    return text in guest.serial_since(mark)
+
+
+def test_deployed_guests_reach_their_own_tenant_and_nothing_else(
+    isolated: IsolatedLab, tmp_path: Path
+) -> None:
+    addresses = {
+        guest.name: probe_address(SUBNET_PREFIX, guest.mac) for guest in isolated.guests.values()
+    }
+    image_path = tmp_path / "probe.img"
+    make_probe_image(
+        image_path,
+        kernel=Path(isolated.stack.env["TETSU_RAMDISK_KERNEL"]),
+        initramfs=Path(isolated.stack.env["TETSU_RAMDISK_INITRAMFS"]),
+        marker="isolation",
+        prefix=SUBNET_PREFIX,
+        peers=[*addresses.values(), DNSMASQ_IP, HOST_IP],
+    )
+    marks = {node_id: guest.serial_mark() for node_id, guest in isolated.guests.items()}
+    with isolated.stack.client() as admin:
+        body = {"name": "probe", "disk_format": "raw", "visibility": "public"}
+        image = ok(admin.post("/v1/images", json=body), 201)
+        with image_path.open("rb") as data:
+            ok(admin.put(f"/v1/images/{image['id']}/file", content=data), 200)
+
+    def create(job: tuple[str, str]) -> tuple[str, str]:
+        tenant, name = job
+        body = {
+            "name": name,
+            "flavor": isolated.flavor,
+            "image": image["id"],
+            "networks": [isolated.tenants[tenant].network["id"]],
+        }
+        with isolated.stack.client(isolated.tenants[tenant].token) as member:
+            return name, str(ok(member.post("/v1/instances", json=body), 202)["id"])
+
+    jobs = [(tenant, name) for tenant, names in TENANTS.items() for name in names]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        instance_ids = dict(pool.map(create, jobs))
+
+    with isolated.stack.client() as admin:
+
+        def all_active() -> bool:
+            rows = [instance(admin, i) for i in instance_ids.values()]
+            errors = [(r["name"], r["fault"]) for r in rows if r["status"] == "ERROR"]
+            assert not errors, errors
+            return all(r["status"] == "ACTIVE" for r in rows)
+
+        wait_for(all_active, timeout=DEPLOY_TIMEOUT, interval=1, what="four ACTIVE instances")
+        tenant_of: dict[str, str] = {}  # guest name -> tenant
+        guest_of: dict[str, Guest] = {}  # instance name -> guest
+        for tenant, names in TENANTS.items():
+            network_id = isolated.tenants[tenant].network["id"]
+            for name in names:
+                row = instance(admin, instance_ids[name])
+                guest = isolated.guests[row["node_id"]]
+                tenant_of[guest.name] = tenant
+                guest_of[name] = guest
+                # The deploy moved the guest's port into its tenant's network.
+                ports = ok(admin.get("/v1/ports", params={"node_id": row["node_id"]}), 200)
+                assert [(p["binding"], p["network_id"]) for p in ports["ports"]] == [
+                    ("tenant", network_id)
+                ], ports
+
+    def neighbour_of(guest: Guest) -> Guest:
+        return next(
+            other
+            for other in guest_of.values()
+            if other is not guest and tenant_of[other.name] == tenant_of[guest.name]
+        )
+
+    probe_marks: dict[str, int] = {}
+    for guest in guest_of.values():
+        # The guest booted the probe image from its disk, and its neighbour answers it.
+        node_mark = next(marks[n] for n, g in isolated.guests.items() if g is guest)
+        wait_for(
+            partial(_shows, guest, node_mark, f"tetsu-probe isolation up {addresses[guest.name]}"),
+            timeout=180,
+            what=f"the probe image up on {guest.name}",
+        )
+        console = guest.serial_since(node_mark)
+        assert "tetsu-ramdisk:" in console, "our ramdisk wrote the disk first"
+        probe_marks[guest.name] = node_mark + console.index("tetsu-probe isolation up")
+    for guest in guest_of.values():
+        neighbour = addresses[neighbour_of(guest).name]
+        wait_for(
+            partial(_shows, guest, probe_marks[guest.name], f" -> {neighbour} yes"),
+            timeout=120,
+            what=f"{guest.name} to reach {neighbour} in its own tenant network",
+        )
+    # Everyone is up and reachable from inside its tenant: a few more full rounds, then
+    # every answer any guest ever got from outside its tenant must be "no".
+    after = {guest.name: _rounds(guest, probe_marks[guest.name]) for guest in guest_of.values()}
+    for guest in guest_of.values():
+        wait_for(
+            partial(
+                _rounds_reach, guest, probe_marks[guest.name], after[guest.name] + ROUNDS_AFTER
+            ),
+            timeout=120,
+            what=f"{ROUNDS_AFTER} more probe rounds on {guest.name}",
+        )
+    for guest in guest_of.values():
+        answers = _answers(guest, probe_marks[guest.name])
+        own = addresses[guest.name]
+        assert {me for me, _, _ in answers} == {own}, "the console is this guest's probe's"
+        outsiders = {DNSMASQ_IP: "provisioning (dnsmasq)", HOST_IP: "provisioning (API)"}
+        outsiders |= {
+            addresses[other.name]: f"tenant {tenant_of[other.name]}"
+            for other in guest_of.values()
+            if tenant_of[other.name] != tenant_of[guest.name]
+        }
+        leaks = [
+            (peer, outsiders[peer])
+            for _, peer, said in answers
+            if peer in outsiders and said == "yes"
+        ]
+        assert not leaks, f"{guest.name} ({tenant_of[guest.name]}) reached {leaks}"
+        asked = {peer for _, peer, _ in answers}
+        assert set(outsiders) <= asked, f"{guest.name} asked only {asked}"
+        neighbour = addresses[neighbour_of(guest).name]
+        latest = [said for _, peer, said in answers if peer == neighbour][-ROUNDS_AFTER:]
+        assert latest == ["yes"] * ROUNDS_AFTER, f"{guest.name} lost its neighbour: {latest}"

@@ -7,6 +7,7 @@ then ``XService(settings, db, transport).start()``; SIGTERM or Ctrl-C stops it c
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import enum
@@ -14,7 +15,7 @@ import importlib
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Protocol
@@ -79,8 +80,11 @@ def service_kind(name: ServiceName) -> ServiceKind:
     return ServiceKind(_load(settings), _load(service))
 
 
-def wait_for_signal() -> None:
-    """Block until SIGTERM or SIGINT arrives (main thread only)."""
+@contextlib.contextmanager
+def stop_signals() -> Iterator[threading.Event]:
+    """SIGTERM and SIGINT set the event this yields, from the moment the block starts (main
+    thread only): a signal that arrives while a service is still starting is not lost, nor
+    does it kill the process before it can stop cleanly."""
     stop = threading.Event()
 
     def _handler(signum: int, _frame: FrameType | None) -> None:
@@ -89,11 +93,21 @@ def wait_for_signal() -> None:
 
     previous = {s: signal.signal(s, _handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        while not stop.wait(1.0):
-            pass
+        yield stop
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def wait_for_signal(stop: threading.Event | None = None) -> None:
+    """Block until SIGTERM or SIGINT arrives (main thread only), or until ``stop`` (from
+    :func:`stop_signals`) is set."""
+    if stop is None:
+        with stop_signals() as signalled:
+            wait_for_signal(signalled)
+        return
+    while not stop.wait(1.0):
+        pass
 
 
 #: glibc's mallopt() parameter for the size from which blocks are mmap()ed.
@@ -133,15 +147,16 @@ def run_service(name: ServiceName, *, migrate: bool = False) -> None:
         safe_url(settings.transport_url),
         _safe_db_url(settings.database_url),
     )
-    service.start()
-    LOG.info("%s running", name.value)
-    try:
-        wait_for_signal()
-    finally:
-        service.stop()
-        transport.close()
-        db.dispose()
-        LOG.info("%s stopped", name.value)
+    with stop_signals() as stop:  # a signal during start() stops the service once started
+        service.start()
+        LOG.info("%s running", name.value)
+        try:
+            wait_for_signal(stop)
+        finally:
+            service.stop()
+            transport.close()
+            db.dispose()
+            LOG.info("%s stopped", name.value)
 
 
 def pool_size_for(*services: CommonSettings) -> int:

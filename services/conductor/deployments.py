@@ -139,7 +139,7 @@ class Deployments:
             step = "moving ports to the provisioning network"
             steps.ports_to_provisioning(task, self.network)
             step = "power on"
-            steps.set_power(task, PowerState.ON)
+            steps.power_on_ramdisk(task)
             step = "starting the deploy"
             task.driver.deploy.deploy(task)
             step = "waiting for the ramdisk"

@@ -114,3 +114,18 @@ class ConductorSettings(CommonSettings):
         default="quick",
         description=("Disk wipe at cleaning: quick (partition tables, first and last MiB) or full"),
     )
+    vm_root: Path = Field(
+        default=Path("/var/lib/tetsu/vms"),
+        description="Folder of the disks and console logs of VM nodes (power interface libvirt)",
+    )
+    vm_domain_type: Literal["kvm", "qemu"] = Field(
+        default="kvm",
+        description="libvirt domain type of VM nodes: kvm, or qemu (software emulation, no KVM)",
+    )
+    vm_csum_offload: bool = Field(
+        default=True,
+        description=(
+            "VM NICs leave checksums to the host (false on Open vSwitch's userspace datapath, "
+            "where nothing fills them in and TCP fails)"
+        ),
+    )

@@ -73,8 +73,16 @@ def boot_ramdisk_next(task: Task) -> None:
     the ramdisk's callback can be checked however early it comes)."""
     task.callback_token = callback_tokens.issue(task.node)
     task.save()
-    task.driver.management.set_boot_device(task, BootDevice.PXE)
-    task.driver.boot.prepare_ramdisk(task)
+    if task.driver.deploy.needs_ramdisk:
+        task.driver.management.set_boot_device(task, BootDevice.PXE)
+        task.driver.boot.prepare_ramdisk(task)
+
+
+def power_on_ramdisk(task: Task) -> None:
+    """Power on into the ramdisk; a deploy interface that needs none (a VM's disk written
+    by the conductor) works with the node off, and its report comes without a boot."""
+    if task.driver.deploy.needs_ramdisk:
+        set_power(task, PowerState.ON)
 
 
 def resume_after_ramdisk(

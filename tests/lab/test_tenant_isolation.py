@@ -22,7 +22,7 @@ import json
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ TENANTS = {"alpha": ("a1", "a2"), "beta": ("b1", "b2")}
 #: verdict: each round asks every other guest and both boot services once.
 ROUNDS_AFTER = 2
 PROBE_LINE = re.compile(r"tetsu-probe (\S+) -> (\S+) (yes|no)")
+VM_MAC = "52:54:00:77:01:21"  # the probe image takes .33
 
 
 @dataclass
@@ -69,6 +70,7 @@ class IsolatedLab:
     guests: dict[str, Guest]  # node id -> guest
     flavor: str
     tenants: dict[str, Tenant]
+    shared: dict[str, Any] = field(default_factory=dict)  # what one test hands the next
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +101,13 @@ def isolated(
                     "TETSU_IPMI_RETRIES": "2",
                     "TETSU_CALLBACK_TIMEOUT": str(DEPLOY_TIMEOUT),
                     "TETSU_MAX_ATTEMPTS": "1",
+                    "TETSU_ENABLED_POWER_INTERFACES": '["fake", "ipmi", "libvirt"]',
+                    "TETSU_ENABLED_MANAGEMENT_INTERFACES": '["fake", "ipmi", "libvirt"]',
+                    "TETSU_ENABLED_BOOT_INTERFACES": '["fake", "pxe", "virtual"]',
+                    "TETSU_ENABLED_DEPLOY_INTERFACES": '["fake", "ramdisk", "image"]',
+                    "TETSU_VM_ROOT": str(workdir / "vms"),
+                    "TETSU_VM_CSUM_OFFLOAD": "false",  # OVS's userspace datapath
+                    "TETSU_VM_DOMAIN_TYPE": "qemu",  # no working KVM here
                 }
             )
             with running_stack(
@@ -206,7 +215,7 @@ def test_deployed_guests_reach_their_own_tenant_and_nothing_else(
         initramfs=Path(isolated.stack.env["TETSU_RAMDISK_INITRAMFS"]),
         marker="isolation",
         prefix=SUBNET_PREFIX,
-        peers=[*addresses.values(), DNSMASQ_IP, HOST_IP],
+        peers=[*addresses.values(), probe_address(SUBNET_PREFIX, VM_MAC), DNSMASQ_IP, HOST_IP],
     )
     marks = {node_id: guest.serial_mark() for node_id, guest in isolated.guests.items()}
     with isolated.stack.client() as admin:
@@ -312,3 +321,145 @@ def test_deployed_guests_reach_their_own_tenant_and_nothing_else(
         neighbour = addresses[neighbour_of(guest).name]
         latest = [said for _, peer, said in answers if peer == neighbour][-ROUNDS_AFTER:]
         assert latest == ["yes"] * ROUNDS_AFTER, f"{guest.name} lost its neighbour: {latest}"
+    isolated.shared.update(
+        image=image["id"], guest_of=guest_of, tenant_of=tenant_of, addresses=addresses
+    )
+
+
+def test_the_same_image_runs_as_a_vm_in_its_tenant_network(isolated: IsolatedLab) -> None:
+    """A VM node (libvirt on the lab's host) gets the probe image through the same REST
+    calls: its tap joins tenant alpha's network on the same switch, so it reaches alpha's
+    bare-metal guests and they reach it, and beta's guests and the boot services never."""
+    shared = isolated.shared
+    assert shared, "runs after the bare-metal test"
+    guest_of: dict[str, Guest] = shared["guest_of"]
+    tenant_of: dict[str, str] = shared["tenant_of"]
+    addresses: dict[str, str] = shared["addresses"]
+    own = probe_address(SUBNET_PREFIX, VM_MAC)
+    vm_root = Path(isolated.stack.env["TETSU_VM_ROOT"])
+    marks = {guest.name: guest.serial_mark() for guest in guest_of.values()}
+    alpha = isolated.tenants["alpha"]
+    with isolated.stack.client() as admin:
+        flavor = {"name": "vm.small", "resource_class": "vm", "cpus": 1, "memory_mb": 256}
+        vm_flavor = ok(admin.post("/v1/flavors", json=flavor | {"disk_gb": 0}), 201)
+        body = {
+            "name": "vm-1",
+            "resource_class": "vm",
+            "properties": {"cpus": 1, "memory_mb": 256, "disk_gb": 0},
+            "power_interface": "libvirt",
+            "management_interface": "libvirt",
+            "boot_interface": "virtual",
+            "deploy_interface": "image",
+            "driver_info": {"libvirt_bridge": isolated.lab.bridge},
+        }
+        node_id = ok(admin.post("/v1/nodes", json=body), 201)["id"]
+        port = {
+            "address": VM_MAC,
+            "node_id": node_id,
+            "switch_id": isolated.lab.datapath_id,
+            "switch_port": f"{isolated.lab.bridge}-v1",
+        }
+        ok(admin.post("/v1/ports", json=port), 201)
+        for target, state in (("manage", "manageable"), ("provide", "available")):
+            ok(admin.put(f"/v1/nodes/{node_id}/states/provision", json={"target": target}))
+            wait_for(
+                partial(all_nodes_in, admin, [node_id], state),
+                timeout=60,
+                what=f"the VM node {state}",
+            )
+    try:
+        with isolated.stack.client(alpha.token) as member:
+            body = {
+                "name": "a-vm",
+                "flavor": vm_flavor["id"],
+                "image": shared["image"],
+                "networks": [alpha.network["id"]],
+            }
+            vm_instance = ok(member.post("/v1/instances", json=body), 202)["id"]
+            row = wait_for(
+                lambda: _settled(member, vm_instance),
+                timeout=DEPLOY_TIMEOUT,
+                interval=1,
+                what="the VM instance ACTIVE",
+            )
+            assert row["status"] == "ACTIVE", row["fault"]
+        with isolated.stack.client() as admin:  # members are not shown nodes
+            assert instance(admin, vm_instance)["node_id"] == node_id
+            ports = ok(admin.get("/v1/ports", params={"node_id": node_id}), 200)["ports"]
+            assert [(p["binding"], p["network_id"]) for p in ports] == [
+                ("tenant", alpha.network["id"])
+            ]
+        console = vm_root / f"{node_id}.console.log"
+        vm = _Console(console)
+        wait_for(
+            lambda: f"tetsu-probe isolation up {own}" in vm.text(),
+            timeout=180,
+            what="the probe image up in the VM",
+        )
+        alpha_guests = [g for g in guest_of.values() if tenant_of[g.name] == "alpha"]
+        beta_guests = [g for g in guest_of.values() if tenant_of[g.name] == "beta"]
+        for guest in alpha_guests:
+            peer = addresses[guest.name]
+            wait_for(
+                partial(vm.shows, f" -> {peer} yes"),
+                timeout=120,
+                what=f"the VM to reach {guest.name}",
+            )
+            wait_for(
+                partial(_shows, guest, marks[guest.name], f" -> {own} yes"),
+                timeout=120,
+                what=f"{guest.name} to reach the VM",
+            )
+        rounds = vm.text().count(" round ")
+        wait_for(
+            lambda: vm.text().count(" round ") >= rounds + ROUNDS_AFTER,
+            timeout=120,
+            what="more probe rounds in the VM",
+        )
+        answers = PROBE_LINE.findall(vm.text())
+        outsiders = {addresses[g.name] for g in beta_guests} | {DNSMASQ_IP, HOST_IP}
+        leaks = [peer for _, peer, said in answers if peer in outsiders and said == "yes"]
+        assert not leaks, f"the VM reached {leaks}"
+        assert outsiders <= {peer for _, peer, _ in answers}
+        for guest in beta_guests:
+            heard = [said for _, peer, said in _answers(guest, marks[guest.name]) if peer == own]
+            assert heard, f"{guest.name} asked the VM nothing"
+            assert "yes" not in heard, f"{guest.name} (beta) reached alpha's VM"
+        # The VM goes as it came: cleaning undefines its domain and removes its disk.
+        with isolated.stack.client(alpha.token) as member:
+            ok(member.delete(f"/v1/instances/{vm_instance}"), 202)
+        with isolated.stack.client() as admin:
+            wait_for(
+                partial(all_nodes_in, admin, [node_id], "available"),
+                timeout=120,
+                what="the VM node cleaned",
+            )
+        assert not (vm_root / f"{node_id}.img").exists()
+        assert _domain_state(node_id) == "undefined"
+    finally:
+        run("virsh", "-c", "qemu:///system", "destroy", f"tetsu-{node_id}", check=False)
+        run("virsh", "-c", "qemu:///system", "undefine", f"tetsu-{node_id}", check=False)
+
+
+@dataclass
+class _Console:
+    path: Path
+
+    def shows(self, text: str) -> bool:
+        return text in self.text()
+
+    def text(self) -> str:
+        try:
+            return self.path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+def _settled(client: httpx.Client, instance_id: str) -> dict[str, Any] | None:
+    row = instance(client, instance_id)
+    return row if row["status"] in ("ACTIVE", "ERROR") else None
+
+
+def _domain_state(node_id: str) -> str:
+    result = run("virsh", "-c", "qemu:///system", "domstate", f"tetsu-{node_id}", check=False)
+    return result.stdout.strip() if result.returncode == 0 else "undefined"

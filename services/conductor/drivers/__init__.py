@@ -26,6 +26,7 @@ from .base import (
 )
 from .fake import FakeBoot, FakeDeploy, FakeManagement, FakePower
 from .ipmi import IPMIManagement, IPMIPower
+from .libvirt import ImageDeploy, LibvirtManagement, LibvirtPower, VirtualBoot
 from .pxe import PXEBoot
 from .ramdisk import RamdiskDeploy
 
@@ -91,6 +92,10 @@ register(InterfaceKind.BOOT, "pxe", PXEBoot)
 register(InterfaceKind.DEPLOY, "ramdisk", RamdiskDeploy)
 register(InterfaceKind.POWER, "ipmi", IPMIPower)
 register(InterfaceKind.MANAGEMENT, "ipmi", IPMIManagement)
+register(InterfaceKind.POWER, "libvirt", LibvirtPower)
+register(InterfaceKind.MANAGEMENT, "libvirt", LibvirtManagement)
+register(InterfaceKind.BOOT, "virtual", VirtualBoot)
+register(InterfaceKind.DEPLOY, "image", ImageDeploy)
 
 
 class DriverFactory:

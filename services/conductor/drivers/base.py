@@ -104,6 +104,9 @@ class BootInterface(BaseInterface):
 
 class DeployInterface(BaseInterface):
     kind = InterfaceKind.DEPLOY
+    #: Whether the node network-boots a ramdisk for deploys and cleaning (False: the
+    #: interface does the work itself while the node is off, as for a VM's disk file).
+    needs_ramdisk: bool = True
 
     def prepare(self, task: Task) -> None:
         """Get ready what the deploy needs before the node powers on (an image to serve):

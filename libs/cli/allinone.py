@@ -54,9 +54,16 @@ class AllInOne:
         self.token = admin_token(state_dir)
         upgrade(self.database_url)
         url, bus = self.database_url, "memory://"
-        netctl = NetctlSettings(database_url=url, transport_url=bus, hostname=HOSTNAME)
-        conductor = ConductorSettings(database_url=url, transport_url=bus, hostname=HOSTNAME)
-        scheduler = SchedulerSettings(database_url=url, transport_url=bus, hostname=HOSTNAME)
+        # One process, one metrics registry: the API's /metrics shows all four services.
+        netctl = NetctlSettings(
+            database_url=url, transport_url=bus, hostname=HOSTNAME, metrics_port=0
+        )
+        conductor = ConductorSettings(
+            database_url=url, transport_url=bus, hostname=HOSTNAME, metrics_port=0
+        )
+        scheduler = SchedulerSettings(
+            database_url=url, transport_url=bus, hostname=HOSTNAME, metrics_port=0
+        )
         api = APISettings(
             database_url=url,
             transport_url=bus,

@@ -236,3 +236,28 @@ class Conductor(SQLModel, table=True):
     updated_at: datetime = Field(
         default_factory=utcnow, sa_type=DateTime(timezone=True), nullable=False
     )
+
+
+class EventSeverity(enum.StrEnum):
+    INFO = "info"
+    ERROR = "error"
+
+
+class Event(SQLModel, table=True):
+    """A notification of a state change or a failure (``libs/notify``), kept for
+    ``event_retention_hours`` and shown by ``GET /v1/events``."""
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_type=DateTime(timezone=True), nullable=False, index=True
+    )
+    # tetsu.<object>.<action>.start|end|error, e.g. tetsu.instance.create.end
+    event_type: str = Field(index=True, max_length=255)
+    object_type: str = Field(max_length=40)  # node | instance
+    object_id: str = Field(index=True, max_length=36)
+    # Who may see it: the instance's project; None (node events): admins only.
+    project_id: str | None = Field(default=None, index=True, max_length=36)
+    severity: EventSeverity = Field(default=EventSeverity.INFO, sa_type=String(16))
+    # {"payload_version": "1.0", ...the object's fields after the change}; never credentials.
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    request_id: str | None = Field(default=None, max_length=128)

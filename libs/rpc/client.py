@@ -9,12 +9,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
+from libs import metrics
+
 from .context import RequestContext
 from .envelope import decode_reply, encode_request, new_msg_id
-from .errors import ErrorRegistry, UnsupportedVersion
+from .errors import ErrorRegistry, NoConsumer, Timeout, TransportError, UnsupportedVersion
 from .target import Target, parse_version, version_is_compatible
 from .transports.base import Transport
 
@@ -99,7 +102,16 @@ class RPCClient:
         """Send and return once the message is safely queued; no result, no error back."""
         msg_id, body = self._encode(ctxt, method, kwargs)
         LOG.debug("cast %s %s to %s [%s]", msg_id, method, self.target, ctxt.request_id)
-        self.transport.send(self.target, body, msg_id=msg_id)
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            self.transport.send(self.target, body, msg_id=msg_id)
+            outcome = "ok"
+        except Exception as exc:
+            outcome = _outcome(exc)
+            raise
+        finally:
+            self._measure("cast", method, outcome, started)
 
     def call(
         self, ctxt: RequestContext, method: str, timeout: float | None = None, **kwargs: Any
@@ -114,9 +126,34 @@ class RPCClient:
         timeout = self.timeout if timeout is None else timeout
         msg_id, body = self._encode(ctxt, method, kwargs)
         LOG.debug("call %s %s to %s [%s]", msg_id, method, self.target, ctxt.request_id)
-        reply = decode_reply(
-            self.transport.request(self.target, body, msg_id=msg_id, timeout=timeout)
-        )
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            reply = decode_reply(
+                self.transport.request(self.target, body, msg_id=msg_id, timeout=timeout)
+            )
+            outcome = "ok" if reply.failure is None else "error"
+        except Exception as exc:
+            outcome = _outcome(exc)
+            raise
+        finally:
+            self._measure("call", method, outcome, started)
         if reply.failure is not None:
             raise self._errors.rebuild(reply.failure)
         return reply.result
+
+    def _measure(self, kind: str, method: str, outcome: str, started: float) -> None:
+        labels = ("client", kind, self.target.topic, method)
+        metrics.RPC_CALLS.labels(*labels, outcome).inc()
+        metrics.RPC_SECONDS.labels(*labels).observe(time.perf_counter() - started)
+
+
+def _outcome(exc: BaseException) -> str:
+    """The outcome label of a message that could not be sent or answered."""
+    if isinstance(exc, Timeout):
+        return "timeout"
+    if isinstance(exc, NoConsumer):
+        return "no_consumer"
+    if isinstance(exc, TransportError):
+        return "transport_error"
+    return "error"

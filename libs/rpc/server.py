@@ -18,8 +18,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
+
+from libs import metrics
 
 from .context import RequestContext, current_context
 from .dispatcher import Dispatcher
@@ -146,18 +149,27 @@ class RPCServer:
             return
         msg_id = request.msg_id or msg_id
         token = current_context.set(request.context)
+        started = time.perf_counter()
+        kind = "call" if incoming.expects_reply else "cast"
         try:
             result = self.dispatcher.dispatch(
                 request.context, request.method, request.args, request.version
             )
         except RequestRefused as exc:
+            # Not by method: a refused method name may be any garbage.
+            self._measure(kind, "-", "refused", None)
             self._refuse(incoming, msg_id, request.context.request_id, exc)
             return
         except Exception as exc:
             if not incoming.expects_reply and self._retry_if is not None and self._retry_if(exc):
+                self._measure(kind, request.method, "retry", started)
                 self._retry_later(incoming, msg_id, request.method, request.context, exc)
                 return
-            kind = "call" if incoming.expects_reply else "cast"
+            self._measure(kind, request.method, "error", started)
+            code = getattr(exc, "code", None)
+            metrics.ERRORS.labels(
+                self.target.topic, code if isinstance(code, str) else type(exc).__name__
+            ).inc()
             LOG.log(
                 logging.INFO if incoming.expects_reply else logging.ERROR,
                 "%s %s %s [%s] raised %s: %s",
@@ -173,6 +185,7 @@ class RPCServer:
             return
         finally:
             current_context.reset(token)
+        self._measure(kind, request.method, "ok", started)
         reply = None
         if incoming.expects_reply:
             try:
@@ -186,6 +199,13 @@ class RPCServer:
                 )
                 reply = self._failure(msg_id, exc)
         incoming.finish(reply)
+
+    def _measure(self, kind: str, method: str, outcome: str, started: float | None) -> None:
+        metrics.RPC_CALLS.labels("server", kind, self.target.topic, method, outcome).inc()
+        if started is not None:
+            metrics.RPC_SECONDS.labels("server", kind, self.target.topic, method).observe(
+                time.perf_counter() - started
+            )
 
     def _retry_later(
         self,

@@ -12,16 +12,21 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from libs.db import Database
 from libs.errors import ServiceUnavailable
+from libs.notify import Notifier, bus_for
+from libs.notify.stream import EventHub
 from libs.rpc import Transport
 from services.conductor.rpcapi import ConductorAPI
 from services.scheduler.rpcapi import SchedulerAPI
 
 from .deps import DatabaseDep, check_parameters
 from .errors import install_error_handlers
+from .metrics import install_metrics
 from .middleware import RequestIDMiddleware
 from .routes import ROUTERS
+from .routes.events import events_lifespan
 from .schemas import ErrorBody, Health
 from .settings import APISettings
+from .ui import install_dashboard
 
 DESCRIPTION = """\
 tetsu's REST API v1: bare-metal instances on physical nodes.
@@ -50,6 +55,7 @@ def create_app(settings: APISettings, db: Database, transport: Transport) -> Fas
         docs_url="/docs",
         openapi_url="/openapi.json",
         dependencies=[Depends(check_parameters)],
+        lifespan=events_lifespan,
     )
     app.state.settings = settings
     app.state.db = db
@@ -57,10 +63,15 @@ def create_app(settings: APISettings, db: Database, transport: Transport) -> Fas
     app.state.conductor_api = ConductorAPI(
         transport, db, heartbeat_timeout=settings.conductor_heartbeat_timeout
     )
+    bus = bus_for(transport)
+    app.state.notifier = Notifier(bus, service="api")
+    app.state.event_hub = EventHub(bus, queue_size=settings.event_stream_queue)
     install_error_handlers(app)
+    install_metrics(app, db)
     app.add_middleware(RequestIDMiddleware)
     for router in ROUTERS:
         app.include_router(router, responses=_ERRORS)
+    install_dashboard(app)
 
     @app.get("/healthz", tags=["health"], responses={503: _ERRORS[503]})
     def healthz(db: DatabaseDep) -> Health:

@@ -83,6 +83,19 @@ def issue_token(session: Session, user: User, ttl_seconds: int) -> tuple[str, To
     return secret, row
 
 
+#: The dashboard's session cookie (HttpOnly): it holds the token the user signed in with.
+SESSION_COOKIE = "tetsu_session"
+#: Where a write authenticated by the session cookie carries its anti-forgery token.
+CSRF_HEADER = "X-CSRF-Token"
+
+
+def csrf_token(session_token: str) -> str:
+    """The anti-forgery token of a dashboard session, derived from its secret token: the
+    dashboard's forms carry it, and a page of another site can neither read the cookie nor
+    compute it."""
+    return hmac.new(session_token.encode("utf-8"), b"tetsu-csrf", hashlib.sha256).hexdigest()
+
+
 def user_for_token(session: Session, token: str, now: datetime | None = None) -> User | None:
     """The user a bearer token belongs to, or None when it is unknown or expired."""
     row = session.get(Token, token_digest(token))

@@ -15,11 +15,12 @@ from sqlmodel import Session, col, select
 from libs.db import Database, Project, Role
 from libs.db.engine import DEFAULT_POOL_SIZE, MAX_OVERFLOW
 from libs.errors import Forbidden, Unauthorized
+from libs.notify import Notifier
 from libs.rpc import RequestContext
 from services.conductor.rpcapi import ConductorAPI
 from services.scheduler.rpcapi import SchedulerAPI
 
-from .auth import user_for_token
+from .auth import CSRF_HEADER, SESSION_COOKIE, csrf_token, user_for_token
 from .errors import InvalidInput, request_id_of
 from .schemas import unstorable
 from .settings import APISettings
@@ -66,13 +67,26 @@ SchedulerAPIDep = Annotated[SchedulerAPI, Depends(get_scheduler_api)]
 ConductorAPIDep = Annotated[ConductorAPI, Depends(get_conductor_api)]
 
 
-def get_session(db: DatabaseDep) -> Iterator[Session]:
+def get_session(request: Request, db: DatabaseDep) -> Iterator[Session]:
     """A session for one request. Routes commit their writes themselves (so that a unique
     violation is answered as a 409 and a commit happens before any message is sent); the
-    exit commits anything left and closes before the response is sent."""
+    exit commits anything left and closes before the response is sent. It carries the
+    app's notifier (:func:`notifier_of`), so events go with the writes they describe."""
     with db.session() as session:
+        session.info[NOTIFIER_KEY] = getattr(request.app.state, "notifier", None)
         yield session
     db.outage.succeeded()
+
+
+NOTIFIER_KEY = "tetsu.api.notifier"
+_RECORD_ONLY = Notifier(service="api")
+
+
+def notifier_of(session: Session) -> Notifier:
+    """The notifier of the request whose session this is (a session made elsewhere, e.g.
+    by a test, gets one that only records)."""
+    notifier = session.info.get(NOTIFIER_KEY)
+    return notifier if isinstance(notifier, Notifier) else _RECORD_ONLY
 
 
 #: Requests that hold a database session at once; the others wait for their turn in the
@@ -113,10 +127,26 @@ def get_context(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> RequestContext:
-    """Who is calling: the bearer token turned into the context every RPC message carries."""
-    if credentials is None or not credentials.credentials:
+    """Who is calling: the bearer token (without one, the dashboard's session cookie) turned
+    into the context every RPC message carries."""
+    if credentials is not None and credentials.credentials:
+        return context_for_token(request, session, settings, credentials.credentials)
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
-    token = credentials.credentials
+    # A browser sends the cookie with any request, a forged one too: a write must also
+    # prove it comes from a dashboard page.
+    if request.method not in ("GET", "HEAD") and not hmac.compare_digest(
+        request.headers.get(CSRF_HEADER, "").encode("utf-8"), csrf_token(cookie).encode("utf-8")
+    ):
+        raise Forbidden(f"a write signed in by the session cookie needs the {CSRF_HEADER} header")
+    return context_for_token(request, session, settings, cookie)
+
+
+def context_for_token(
+    request: Request, session: Session, settings: APISettings, token: str
+) -> RequestContext:
+    """The context of a caller who presents ``token`` (the admin token or a user's)."""
     request_id = request_id_of(request)
     admin_token = settings.admin_token
     if admin_token is not None and hmac.compare_digest(

@@ -8,6 +8,8 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
+from types import FrameType
 
 import uvicorn
 
@@ -62,6 +64,12 @@ class APIService:
             raise
         return sock
 
+    def _close_streams(self) -> None:
+        """End the open event streams, so that stopping does not wait for them."""
+        hub = getattr(self.app.state, "event_hub", None)
+        if hub is not None:
+            hub.close_streams()
+
     def _make_server(self) -> uvicorn.Server:
         config = uvicorn.Config(
             self.app,
@@ -72,7 +80,7 @@ class APIService:
             access_log=False,  # the middleware logs each request with its request id
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
         )
-        return uvicorn.Server(config)
+        return _Server(config, on_exit=self._close_streams)
 
     def start(self) -> None:
         """Serve in a background thread; return once requests are accepted."""
@@ -97,6 +105,7 @@ class APIService:
         """Stop accepting connections, let requests in flight finish, release the port."""
         server, thread = self._server, self._thread
         if server is not None and thread is not None:
+            self._close_streams()
             server.should_exit = True
             thread.join(GRACEFUL_SHUTDOWN + 5)
             if thread.is_alive():
@@ -118,3 +127,15 @@ class APIService:
         finally:
             self._socket.close()
             self._server = self._socket = None
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, ending the event streams first when a signal stops it."""
+
+    def __init__(self, config: uvicorn.Config, *, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)

@@ -25,3 +25,11 @@ class APISettings(CommonSettings):
         default=None,
         description="Base URL the API is reached at, for Location headers and ramdisk callbacks",
     )
+    event_stream_keepalive: float = Field(
+        default=15.0, gt=0, description="Seconds between keep-alive comments on an event stream"
+    )
+    event_stream_queue: int = Field(
+        default=1000,
+        ge=1,
+        description="Events one stream client may fall behind by before it is disconnected",
+    )

@@ -13,6 +13,7 @@ import logging
 
 from libs import redact
 from libs.db import Database, InstanceStatus, PowerState
+from libs.notify import Notifier
 from services.netctl.rpcapi import NetworkAPI
 
 from . import callback_tokens, instances, steps
@@ -25,8 +26,9 @@ S = ProvisionState
 
 
 class Cleaning:
-    def __init__(self, db: Database, network: NetworkAPI) -> None:
+    def __init__(self, db: Database, network: NetworkAPI, notifier: Notifier | None = None) -> None:
         self.db = db
+        self.notifier = notifier or Notifier(service="conductor")
         self.network = network
 
     def tear_down_instance(self, task: Task) -> None:
@@ -49,7 +51,7 @@ class Cleaning:
             # message came, or its tear-down long over): at most that instance is left.
             instance_id = instances.deleting_on(self.db, node.id)
             if instance_id is not None:
-                instances.mark_deleted(self.db, instance_id)
+                instances.mark_deleted(self.db, instance_id, self.notifier)
             return
         if node.provision_state == S.DEPLOYWAIT:
             callback_tokens.revoke(node)
@@ -66,7 +68,7 @@ class Cleaning:
         instance_id = node.instance_id
         node.instance_id = None
         task.save()
-        instances.mark_deleted(self.db, instance_id)
+        instances.mark_deleted(self.db, instance_id, self.notifier)
 
     def delete(self, task: Task) -> None:
         """The operator's ``delete``: tear down and clean a failed (or active) node."""
@@ -107,9 +109,9 @@ class Cleaning:
         if instance_id is None:
             return
         if was_deleting:
-            instances.mark_error(self.db, instance_id, "delete_failed", reason)
+            instances.mark_error(self.db, instance_id, "delete_failed", reason, self.notifier)
         else:
-            instances.mark_deleted(self.db, instance_id)
+            instances.mark_deleted(self.db, instance_id, self.notifier)
 
     def _tear_down(self, task: Task) -> None:
         step = "power off"
@@ -161,7 +163,7 @@ class Cleaning:
             return
         instance_id = node.instance_id
         if instance_id is not None:
-            instances.mark_deleted(self.db, instance_id)
+            instances.mark_deleted(self.db, instance_id, self.notifier)
         node.instance_id = None
         steps.set_last_error(task, None)
         task.process_event(Event.DONE)

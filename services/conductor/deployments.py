@@ -16,6 +16,7 @@ from sqlmodel import col, update
 from libs import redact
 from libs.db import Database, InstanceStatus, Node, PowerState, utcnow
 from libs.errors import BadRequest
+from libs.notify import Notifier
 from libs.rpc import RequestContext
 from services.netctl.rpcapi import NetworkAPI
 from services.scheduler.rpcapi import SchedulerAPI
@@ -33,9 +34,15 @@ S = ProvisionState
 
 class Deployments:
     def __init__(
-        self, db: Database, network: NetworkAPI, scheduler: SchedulerAPI, cleaning: Cleaning
+        self,
+        db: Database,
+        network: NetworkAPI,
+        scheduler: SchedulerAPI,
+        cleaning: Cleaning,
+        notifier: Notifier | None = None,
     ) -> None:
         self.db = db
+        self.notifier = notifier or Notifier(service="conductor")
         self.network = network
         self.scheduler = scheduler
         self.cleaning = cleaning
@@ -118,7 +125,7 @@ class Deployments:
             LOG.info("node %s is busy with instance %s already: %s", node_id, instance_id, reason)
 
     def _hand_back(self, ctxt: RequestContext, node_id: str, instance_id: str, reason: str) -> None:
-        outcome = instances.detach_failed_node(self.db, instance_id, node_id)
+        outcome = instances.detach_failed_node(self.db, instance_id, node_id, self.notifier)
         if outcome is not instances.FailedDeploy.RESCHEDULE:
             return
         try:
@@ -175,7 +182,7 @@ class Deployments:
             self.fail(task, f"{step} failed: {steps.reason_of(exc)}")
             return
         instance_id = node.instance_id
-        if instance_id is None or instances.mark_active(self.db, instance_id):
+        if instance_id is None or instances.mark_active(self.db, instance_id, self.notifier):
             return
         if instances.status_of(self.db, instance_id) == InstanceStatus.DELETING:
             # Deleted while it was being deployed: its tear-down found the node locked or

@@ -12,6 +12,7 @@ import logging
 from sqlmodel import col, select, update
 
 from libs.db import Database, Instance, InstanceStatus, TaskState, utcnow
+from libs.notify import Notifier, Phase
 
 LOG = logging.getLogger(__name__)
 
@@ -53,7 +54,11 @@ def deleting_on(db: Database, node_id: str) -> str | None:
         ).first()
 
 
-def mark_active(db: Database, instance_id: str) -> bool:
+#: Records the events of these changes when the caller names no notifier (tests).
+_RECORD_ONLY = Notifier(service="conductor")
+
+
+def mark_active(db: Database, instance_id: str, notifier: Notifier = _RECORD_ONLY) -> bool:
     """The deploy is done: BUILD -> ACTIVE. Returns False if it was no longer BUILD."""
     with db.session() as session:
         result = session.exec(
@@ -61,24 +66,35 @@ def mark_active(db: Database, instance_id: str) -> bool:
             .where(col(Instance.id) == instance_id, col(Instance.status) == InstanceStatus.BUILD)
             .values(status=InstanceStatus.ACTIVE, task_state=None, updated_at=utcnow())
         )
+        if result.rowcount:
+            notifier.instance_by_id(session, instance_id, "create", Phase.END)
         return bool(result.rowcount)
 
 
-def mark_deleted(db: Database, instance_id: str) -> None:
+def mark_deleted(db: Database, instance_id: str, notifier: Notifier = _RECORD_ONLY) -> None:
     """The instance's node is torn down: DELETED, with the time."""
     now = utcnow()
     with db.session() as session:
-        session.exec(
+        result = session.exec(
             update(Instance)
             .where(col(Instance.id) == instance_id, col(Instance.status) != InstanceStatus.DELETED)
             .values(status=InstanceStatus.DELETED, task_state=None, deleted_at=now, updated_at=now)
         )
+        if result.rowcount:
+            notifier.instance_by_id(session, instance_id, "delete", Phase.END)
 
 
-def mark_error(db: Database, instance_id: str, code: str, message: str) -> None:
-    """Something failed that the user should see on the instance: ERROR with a fault."""
+def mark_error(
+    db: Database,
+    instance_id: str,
+    code: str,
+    message: str,
+    notifier: Notifier = _RECORD_ONLY,
+) -> None:
+    """Something failed that the user should see on the instance: ERROR with a fault.
+    (The conductor's one such failure is a tear-down's: ``tetsu.instance.delete.error``.)"""
     with db.session() as session:
-        session.exec(
+        result = session.exec(
             update(Instance)
             .where(col(Instance.id) == instance_id, col(Instance.status) != InstanceStatus.DELETED)
             .values(
@@ -88,9 +104,13 @@ def mark_error(db: Database, instance_id: str, code: str, message: str) -> None:
                 updated_at=utcnow(),
             )
         )
+        if result.rowcount:
+            notifier.instance_by_id(session, instance_id, "delete", Phase.ERROR)
 
 
-def detach_failed_node(db: Database, instance_id: str, node_id: str) -> FailedDeploy:
+def detach_failed_node(
+    db: Database, instance_id: str, node_id: str, notifier: Notifier = _RECORD_ONLY
+) -> FailedDeploy:
     """The deploy on ``node_id`` failed: forget the node and remember it failed, so the
     scheduler's next attempt avoids it; an instance deleted meanwhile becomes DELETED."""
     now = utcnow()
@@ -106,6 +126,7 @@ def detach_failed_node(db: Database, instance_id: str, node_id: str) -> FailedDe
             instance.deleted_at = now
             instance.updated_at = now
             session.add(instance)
+            notifier.instance(session, instance, "delete", Phase.END)
             return FailedDeploy.DELETED
         if instance.status != InstanceStatus.BUILD:
             return FailedDeploy.GONE
@@ -115,4 +136,6 @@ def detach_failed_node(db: Database, instance_id: str, node_id: str) -> FailedDe
         instance.failed_node_ids = [*instance.failed_node_ids, node_id]
         instance.updated_at = now
         session.add(instance)
+        # The node's tetsu.node.deploy.error says why; the scheduler tries another node.
+        notifier.instance(session, instance, "schedule", Phase.START, failed_node_id=node_id)
         return FailedDeploy.RESCHEDULE

@@ -14,6 +14,7 @@ from typing import Any
 from libs import rpc
 from libs.db import Database, Node, is_unavailable
 from libs.errors import BadRequest, InvalidStateTransition, NodeLocked, TetsuError
+from libs.notify import Notifier, bus_for
 from libs.rpc import RequestContext, Transport, current_context
 from services.netctl.rpcapi import NetworkAPI
 from services.scheduler.rpcapi import SchedulerAPI
@@ -48,10 +49,15 @@ class ConductorManager:
         self.settings = settings
         self.db = db
         self.drivers = DriverFactory(settings, DriverEnv(settings, self._ramdisk_reported, db))
-        self.tasks = TaskManager(db, settings.hostname, self.drivers, workers=settings.workers)
+        self.notifier = Notifier(bus_for(transport), service="conductor")
+        self.tasks = TaskManager(
+            db, settings.hostname, self.drivers, workers=settings.workers, notifier=self.notifier
+        )
         network = NetworkAPI(transport)
-        self.cleaning = Cleaning(db, network)
-        self.deployments = Deployments(db, network, SchedulerAPI(transport), self.cleaning)
+        self.cleaning = Cleaning(db, network, self.notifier)
+        self.deployments = Deployments(
+            db, network, SchedulerAPI(transport), self.cleaning, self.notifier
+        )
         self.periodic = PeriodicTasks(settings, db, self.tasks, self.deployments, self.cleaning)
         self._stopped = False
         self._actions = {

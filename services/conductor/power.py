@@ -54,6 +54,7 @@ def _apply_power(task: Task, target: str) -> None:
     except Exception as exc:
         error = steps.set_last_error(task, f"{target} failed: {steps.reason_of(exc)}")
         node.target_power_state = None
+        task.report_error("power", error or target)
         LOG.error("node %s: %s", node.id, error)
     task.save()
 
@@ -76,6 +77,7 @@ def _manage(task: Task) -> None:
         error = steps.set_last_error(
             task, f"cannot manage the node: reading its power state failed: {reason}"
         )
+        task.report_error("manage", error or "manage failed")
         LOG.error("node %s: %s", node.id, error)
         task.save()
         return
@@ -99,6 +101,8 @@ def sync_power_state(task: Task) -> None:
         if node.last_error != error:
             LOG.warning("node %s: %s", node.id, error)
         if own_error:
+            if node.last_error != error:
+                task.report_error("power_sync", error)
             steps.set_last_error(task, error)
             task.save()
         return

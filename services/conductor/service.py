@@ -1,12 +1,16 @@
 """The conductor process: its RPC server on ``conductor@<hostname>``, the heartbeat and
-periodic work, the boot server when nodes network-boot (``pxe``), and an orderly start
-(boot server, heartbeat, take-over) and stop."""
+periodic work, the boot server when nodes network-boot (``pxe``), the sweep of old
+events, its ``/metrics`` server, and an orderly start (boot server, heartbeat, take-over)
+and stop."""
 
 from __future__ import annotations
 
 import logging
+import threading
 
-from libs.db import Database
+from libs.db import Database, is_unavailable
+from libs.metrics import MetricsServer, ServiceRegistry
+from libs.notify import sweep_events
 from libs.rpc import RPCServer, Target, Transport
 
 from .bootserver import BootServer
@@ -33,6 +37,12 @@ class ConductorService:
         self.boot_server = (
             BootServer(settings) if "pxe" in settings.enabled_boot_interfaces else None
         )
+        self.db = db
+        self.metrics = MetricsServer(
+            settings.metrics_host, settings.metrics_port, ServiceRegistry(db)
+        )
+        self._sweep_stop = threading.Event()
+        self._sweeper: threading.Thread | None = None
 
     def start(self) -> None:
         """Start the boot server, join the ring, fail what died with an earlier run, then
@@ -50,11 +60,14 @@ class ConductorService:
                 LOG.warning("took over %d node(s) whose conductor had died", failed)
             self.server.start()
             periodic.start()
+            self._start_sweeper()
+            self.metrics.start()
         except BaseException:
             # Undo what started, and leave the ring again: the others would route this
             # conductor's nodes to it until its heartbeat timed out.
             self.server.stop()
             periodic.stop()
+            self._stop_sweeper()
             if joined:
                 try:
                     periodic.heartbeat(online=False)
@@ -71,8 +84,42 @@ class ConductorService:
         fetch from it."""
         self.server.stop()
         self.manager.periodic.stop()
+        self._stop_sweeper()
         self.manager.stop(timeout)
         self.manager.periodic.heartbeat(online=False)
         if self.boot_server is not None:
             self.boot_server.stop()
+        self.metrics.stop()
+        if self.manager.notifier.bus is not None:
+            self.manager.notifier.bus.close()
         LOG.info("conductor %s stopped", self.settings.hostname)
+
+    def sweep_events(self) -> int:
+        """Delete the events past ``event_retention_hours``; returns how many."""
+        deleted = sweep_events(self.db, self.settings.event_retention_hours)
+        if deleted:
+            LOG.info(
+                "deleted %d event(s) older than %g h", deleted, self.settings.event_retention_hours
+            )
+        return deleted
+
+    def _start_sweeper(self) -> None:
+        self._sweep_stop.clear()
+        self._sweeper = threading.Thread(target=self._sweep_loop, name="event-sweep", daemon=True)
+        self._sweeper.start()
+
+    def _stop_sweeper(self) -> None:
+        self._sweep_stop.set()
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=30)
+            self._sweeper = None
+
+    def _sweep_loop(self) -> None:
+        while not self._sweep_stop.wait(self.settings.event_sweep_interval):
+            try:
+                self.sweep_events()
+            except Exception as exc:
+                if is_unavailable(exc):
+                    self.db.outage.failed(exc, "sweeping old events")
+                else:
+                    LOG.exception("sweeping old events failed; trying again later")

@@ -40,6 +40,21 @@ class ConductorSettings(CommonSettings):
             "to start before the node's conductor starts it (a lost message)"
         ),
     )
+    event_retention_hours: float = Field(
+        default=72.0,
+        gt=0,
+        description="Hours events are kept before the periodic sweep deletes them",
+    )
+    event_sweep_interval: float = Field(
+        default=600.0, gt=0, description="Seconds between sweeps of events past their retention"
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Address of the /metrics server")
+    metrics_port: int = Field(
+        default=9102,
+        ge=0,
+        le=65535,
+        description="Port of this conductor's Prometheus /metrics server (0: none)",
+    )
     enabled_power_interfaces: list[str] = Field(
         default=["fake"], description="Power interfaces nodes may use (JSON list in the env)"
     )

@@ -23,12 +23,15 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
-from sqlmodel import col, select, update
+from sqlmodel import Session, col, select, update
 
-from libs.db import Database, Node, Port, is_unavailable, utcnow
+from libs import metrics
+from libs.db import Database, Node, Port, PowerState, as_utc, is_unavailable, utcnow
 from libs.errors import NodeLocked, NotFound
+from libs.notify import Notifier, Phase, node_transition
 from libs.rpc import RequestContext
 
 from .drivers import (
@@ -46,6 +49,11 @@ LOG = logging.getLogger(__name__)
 #: driver_internal_info key naming the conductor that runs a node's transient state, so a
 #: conductor taking the node over knows whether that work can still be going on.
 CONDUCTOR_KEY = "conductor"
+
+#: driver_internal_info keys holding when the node's deploy and cleaning began (ISO
+#: 8601), for their duration metrics, whichever conductor finishes them.
+DEPLOY_STARTED_KEY = "deploy_started_at"
+CLEAN_STARTED_KEY = "clean_started_at"
 
 #: The node columns a task writes. Others belong to the API (driver_info, maintenance)
 #: or are written elsewhere without the lock (instance_id by the scheduler's claim), so a
@@ -116,6 +124,8 @@ class Task:
         self.callback_token: str | None = None
         self._saved = _snapshot(node)
         self._spawn: tuple[Work, tuple[Any, ...]] | None = None
+        #: Failures to publish with the next save: (action, reason).
+        self._errors: list[tuple[str, str]] = []
 
     @property
     def hostname(self) -> str:
@@ -136,9 +146,48 @@ class Task:
             self.node.driver_internal_info[CONDUCTOR_KEY] = self.hostname
         else:
             self.node.driver_internal_info.pop(CONDUCTOR_KEY, None)
+        finished = self._time_work(old, new, now)
         self.save()
+        if finished is not None:
+            histogram, outcome, seconds = finished
+            histogram.labels(outcome).observe(seconds)
         LOG.info("node %s: %s -> %s (%s)", self.node.id, old, new.value, event)
         return new
+
+    def _time_work(
+        self, old: str, new: ProvisionState, now: datetime
+    ) -> tuple[Any, str, float] | None:
+        """Note when a deploy or a cleaning begins; when one ends, its histogram, outcome
+        and duration (observed once the save succeeded)."""
+        info = self.node.driver_internal_info
+        if old == ProvisionState.AVAILABLE and new == ProvisionState.DEPLOYING:
+            info[DEPLOY_STARTED_KEY] = now.isoformat()
+        elif old in (ProvisionState.DELETING, ProvisionState.MANAGEABLE) and (
+            new == ProvisionState.CLEANING
+        ):
+            info[CLEAN_STARTED_KEY] = now.isoformat()
+        ends = {
+            ProvisionState.ACTIVE: (DEPLOY_STARTED_KEY, metrics.DEPLOY_SECONDS, "success"),
+            ProvisionState.DEPLOYFAIL: (DEPLOY_STARTED_KEY, metrics.DEPLOY_SECONDS, "failure"),
+            ProvisionState.AVAILABLE: (CLEAN_STARTED_KEY, metrics.CLEAN_SECONDS, "success"),
+            ProvisionState.CLEANFAIL: (CLEAN_STARTED_KEY, metrics.CLEAN_SECONDS, "failure"),
+        }
+        if new not in ends:
+            return None
+        key, histogram, outcome = ends[new]
+        began = info.pop(key, None)
+        if not isinstance(began, str):
+            return None
+        try:
+            seconds = (now - as_utc(datetime.fromisoformat(began))).total_seconds()
+        except ValueError:
+            return None
+        return histogram, outcome, max(0.0, seconds)
+
+    def report_error(self, action: str, reason: str) -> None:
+        """Publish a failure of ``action`` (e.g. ``power``: ``tetsu.node.power.error``)
+        with the next :meth:`save`; ``reason`` must be scrubbed of credentials already."""
+        self._errors.append((action, reason))
 
     def save(self) -> None:
         """Write the node's changed columns. NodeLocked if this task lost the lock."""
@@ -148,21 +197,63 @@ class Task:
             for name in SAVED_FIELDS
             if getattr(self.node, name) != self._saved[name]
         }
-        if not changes:
+        if not changes and not self._errors:
             return
-        changes["updated_at"] = utcnow()
+        now = utcnow()
         with self.manager.db.session() as session:
-            result = session.exec(
-                update(Node)
-                .where(col(Node.id) == self.node.id, col(Node.reservation) == self.hostname)
-                .values(**changes)
-            )
-            if result.rowcount != 1:
-                raise NodeLocked(
-                    f"node {self.node.id} is no longer locked by conductor {self.hostname}"
+            if changes:
+                changes["updated_at"] = now
+                result = session.exec(
+                    update(Node)
+                    .where(col(Node.id) == self.node.id, col(Node.reservation) == self.hostname)
+                    .values(**changes)
                 )
-        self.node.updated_at = changes["updated_at"]
+                if result.rowcount != 1:
+                    raise NodeLocked(
+                        f"node {self.node.id} is no longer locked by conductor {self.hostname}"
+                    )
+                self.node.updated_at = now
+            self._notify(session)
         self._saved = _snapshot(self.node)
+        self._errors = []
+
+    def _notify(self, session: Session) -> None:
+        """The events of what this save changes, in the same transaction: the provision
+        state's move, the power state's, and the failures reported since the last save."""
+        notifier = self.manager.notifier
+        node, before = self.node, self._saved
+        # A failure lets go of the instance in the same save: the event is still its.
+        instance_id = before["instance_id"]
+        if node.provision_state != before["provision_state"]:
+            action, phase = node_transition(before["provision_state"], node.provision_state)
+            notifier.node(
+                session,
+                node,
+                action,
+                phase,
+                instance_id=instance_id,
+                previous_provision_state=before["provision_state"],
+            )
+        power_failed = any(action == "power" for action, _ in self._errors)
+        if node.power_state != before["power_state"]:
+            phase = Phase.ERROR if node.power_state == PowerState.ERROR else Phase.END
+            notifier.node(
+                session,
+                node,
+                "power",
+                phase,
+                instance_id=instance_id,
+                previous_power_state=_value(before["power_state"]),
+            )
+        elif node.target_power_state != before["target_power_state"]:
+            if node.target_power_state is not None:
+                notifier.node(session, node, "power", Phase.START, instance_id=instance_id)
+            elif not power_failed:  # reached: the node was in that state already
+                notifier.node(session, node, "power", Phase.END, instance_id=instance_id)
+        for action, reason in self._errors:
+            notifier.node(
+                session, node, action, Phase.ERROR, instance_id=instance_id, reason=reason
+            )
 
     def spawn_after(self, work: Work, *args: Any) -> None:
         """Run ``work(task, *args)`` on a worker thread once the ``with`` block ends
@@ -175,6 +266,10 @@ class Task:
     def _check_exclusive(self) -> None:
         if self.shared:
             raise RuntimeError(f"a shared task ({self.purpose}) cannot change node {self.node.id}")
+
+
+def _value(value: Any) -> Any:
+    return getattr(value, "value", value)
 
 
 def _snapshot(node: Node) -> dict[str, Any]:
@@ -193,8 +288,11 @@ class TaskManager:
         *,
         workers: int,
         lock_wait: float = 3.0,
+        notifier: Notifier | None = None,
     ) -> None:
         self.db = db
+        #: Writes the events of every node change (and publishes them, given a bus).
+        self.notifier = notifier or Notifier(service="conductor")
         self.hostname = hostname
         self.drivers = drivers
         self.lock_wait = lock_wait

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from libs import rpc
 from libs.db import Database
+from libs.metrics import MetricsServer, ServiceRegistry
 
 from .backends import SwitchBackend, make_backend
 from .manager import NetworkManager
@@ -24,6 +25,9 @@ class NetctlService:
             workers=settings.workers,
             retry_if=db.outage.retry_if,  # a cast met a database outage: handle it later
         )
+        self.metrics = MetricsServer(
+            settings.metrics_host, settings.metrics_port, ServiceRegistry()
+        )
 
     def start(self) -> None:
         """Program the switches with what the database records, then take requests."""
@@ -33,9 +37,11 @@ class NetctlService:
         except BaseException:
             self.backend.stop()
             raise
+        self.metrics.start()
 
     def stop(self) -> None:
         """Take no new request; the ones being handled finish first. The switches keep
         their flows, so traffic goes on while netctl is away."""
         self.server.stop()
         self.backend.stop()
+        self.metrics.stop()

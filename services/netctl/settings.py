@@ -38,6 +38,10 @@ class NetctlSettings(CommonSettings):
         le=65535,
         description="TCP port of the OpenFlow controller (0: any free port)",
     )
+    metrics_host: str = Field(default="127.0.0.1", description="Address of the /metrics server")
+    metrics_port: int = Field(
+        default=9103, ge=0, le=65535, description="Port of the Prometheus /metrics server (0: none)"
+    )
     provisioning_ports: list[str] = Field(
         default_factory=list,
         description=(

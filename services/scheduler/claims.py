@@ -15,7 +15,11 @@ from sqlalchemy import not_, update
 from sqlmodel import col
 
 from libs.db import Database, Instance, InstanceStatus, Node, TaskState, utcnow
+from libs.notify import Notifier, Phase
 from services.conductor.states import ProvisionState
+
+#: Records the events of these changes when the caller names no notifier (tests).
+_RECORD_ONLY = Notifier(service="scheduler")
 
 #: The states of a node whose conductor has taken up the deploy of its instance.
 DEPLOY_STARTED = (
@@ -31,7 +35,9 @@ class ClaimOutcome(enum.Enum):
     INSTANCE_GONE = "instance gone"  # not waiting for a node any more (deleted, scheduled)
 
 
-def claim_node(db: Database, instance_id: str, node_id: str) -> ClaimOutcome:
+def claim_node(
+    db: Database, instance_id: str, node_id: str, notifier: Notifier = _RECORD_ONLY
+) -> ClaimOutcome:
     """Claim ``node_id`` for ``instance_id`` if the node is free and the instance still
     waits in BUILD; in the same transaction, record the node on the instance."""
     now = utcnow()
@@ -67,10 +73,17 @@ def claim_node(db: Database, instance_id: str, node_id: str) -> ClaimOutcome:
         if instance.rowcount != 1:
             session.rollback()  # releases the node: it was never claimed for anyone else
             return ClaimOutcome.INSTANCE_GONE
+        notifier.instance_by_id(session, instance_id, "schedule", Phase.END)
     return ClaimOutcome.CLAIMED
 
 
-def release_claim(db: Database, instance_id: str, node_id: str, fault: dict[str, Any]) -> bool:
+def release_claim(
+    db: Database,
+    instance_id: str,
+    node_id: str,
+    fault: dict[str, Any],
+    notifier: Notifier = _RECORD_ONLY,
+) -> bool:
     """Undo a claim whose deploy could not be started: the node is free again and the
     instance, if it still waits on this node, goes to ERROR with ``fault``. A node whose
     deploy started got the cast after all (a publish can fail after the broker took it):
@@ -105,10 +118,15 @@ def release_claim(db: Database, instance_id: str, node_id: str, fault: dict[str,
                 updated_at=utcnow(),
             )
         )
-        return instance.rowcount == 1
+        if instance.rowcount != 1:
+            return False
+        notifier.instance_by_id(session, instance_id, "create", Phase.ERROR)
+        return True
 
 
-def fail_instance(db: Database, instance_id: str, fault: dict[str, Any]) -> bool:
+def fail_instance(
+    db: Database, instance_id: str, fault: dict[str, Any], notifier: Notifier = _RECORD_ONLY
+) -> bool:
     """Put an instance that waits for a node into ERROR with ``fault``.
 
     Returns whether it did (False: the instance was deleted or got a node meanwhile).
@@ -123,4 +141,7 @@ def fail_instance(db: Database, instance_id: str, fault: dict[str, Any]) -> bool
             )
             .values(status=InstanceStatus.ERROR, task_state=None, fault=fault, updated_at=utcnow())
         )
-        return instance.rowcount == 1
+        if instance.rowcount != 1:
+            return False
+        notifier.instance_by_id(session, instance_id, "create", Phase.ERROR)
+        return True

@@ -18,6 +18,7 @@ from sqlmodel import col, select
 from libs import rpc
 from libs.db import Database, Flavor, Instance, InstanceStatus, utcnow
 from libs.errors import NoValidHost, ServiceUnavailable, TetsuError
+from libs.notify import Notifier, bus_for
 from services.conductor.rpcapi import ConductorAPI
 
 from .claims import ClaimOutcome, claim_node, fail_instance, release_claim
@@ -57,6 +58,7 @@ class SchedulerManager:
         self.conductor = ConductorAPI(
             transport, db, heartbeat_timeout=settings.conductor_heartbeat_timeout
         )
+        self.notifier = Notifier(bus_for(transport), service="scheduler")
 
     @rpc.expose
     def schedule_instance(self, ctxt: rpc.RequestContext, instance_id: str) -> None:
@@ -80,7 +82,9 @@ class SchedulerManager:
         failures = f"deploy failed on {len(spec.excluded_node_ids)} node(s); last: {reason}"
         if instance.attempts >= self.settings.max_attempts:
             LOG.warning("instance %s: giving up after %d attempts", instance_id, instance.attempts)
-            fail_instance(self.db, instance_id, {"code": DEPLOY_FAILED, "message": failures})
+            fail_instance(
+                self.db, instance_id, {"code": DEPLOY_FAILED, "message": failures}, self.notifier
+            )
             return
         LOG.info("instance %s: rescheduling (%s)", instance_id, failures)
         self._schedule(ctxt, spec, history=f" ({failures})")
@@ -113,7 +117,12 @@ class SchedulerManager:
             )
             if instance.attempts >= self.settings.max_attempts:
                 message = f"deploy failed on {len(spec.excluded_node_ids)} node(s)"
-                fail_instance(self.db, instance_id, {"code": DEPLOY_FAILED, "message": message})
+                fail_instance(
+                    self.db,
+                    instance_id,
+                    {"code": DEPLOY_FAILED, "message": message},
+                    self.notifier,
+                )
                 continue
             self._schedule(ctxt, spec)
         return len(stranded)
@@ -139,7 +148,9 @@ class SchedulerManager:
         self.db.outage.succeeded()
         if flavor is None:
             message = f"flavor {instance.flavor_id} no longer exists"
-            fail_instance(self.db, instance_id, {"code": "not_found", "message": message})
+            fail_instance(
+                self.db, instance_id, {"code": "not_found", "message": message}, self.notifier
+            )
             return None
         return instance, RequestSpec.for_instance(instance, flavor, also_excluded=also_excluded)
 
@@ -154,7 +165,7 @@ class SchedulerManager:
         except NoValidHost as exc:
             LOG.warning("instance %s: %s%s", spec.instance_id, exc.reason, history)
             fault = {"code": NoValidHost.code, "message": exc.reason + history}
-            fail_instance(self.db, spec.instance_id, fault)
+            fail_instance(self.db, spec.instance_id, fault, self.notifier)
             return
         if node_id is None:
             LOG.info("instance %s: no longer waits for a node; claim dropped", spec.instance_id)
@@ -166,7 +177,13 @@ class SchedulerManager:
             code = exc.code if isinstance(exc, TetsuError) else ServiceUnavailable.code
             message = f"cannot start the deploy on node {node_id}: {exc}"
             LOG.error("instance %s: %s", spec.instance_id, message)
-            release_claim(self.db, spec.instance_id, node_id, {"code": code, "message": message})
+            release_claim(
+                self.db,
+                spec.instance_id,
+                node_id,
+                {"code": code, "message": message},
+                self.notifier,
+            )
             return
         LOG.info("instance %s: deploying on node %s", spec.instance_id, node_id)
 
@@ -179,7 +196,7 @@ class SchedulerManager:
             if not candidates:
                 break
             for candidate in rank(candidates, spec, self.weighers, self.rng):
-                outcome = claim_node(self.db, spec.instance_id, candidate.id)
+                outcome = claim_node(self.db, spec.instance_id, candidate.id, self.notifier)
                 if outcome is ClaimOutcome.CLAIMED:
                     return candidate.id
                 if outcome is ClaimOutcome.INSTANCE_GONE:

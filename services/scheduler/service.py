@@ -12,6 +12,7 @@ import threading
 from libs import rpc
 from libs.db import Database, is_unavailable
 from libs.errors import NoLiveConductor
+from libs.metrics import MetricsServer, ServiceRegistry
 
 from .manager import SchedulerManager
 from .rpcapi import TOPIC
@@ -32,6 +33,9 @@ class SchedulerService:
             retry_if=self._retry_later,
         )
 
+        self.metrics = MetricsServer(
+            settings.metrics_host, settings.metrics_port, ServiceRegistry()
+        )
         self._stop = threading.Event()
         self._periodic: threading.Thread | None = None
 
@@ -47,6 +51,7 @@ class SchedulerService:
             target=self._look_for_stranded, name="scheduler-stranded", daemon=True
         )
         self._periodic.start()
+        self.metrics.start()
 
     def stop(self) -> None:
         """Take no new request; the ones being handled finish first."""
@@ -54,6 +59,9 @@ class SchedulerService:
         if self._periodic is not None:
             self._periodic.join(timeout=30)
         self.server.stop()
+        self.metrics.stop()
+        if self.manager.notifier.bus is not None:
+            self.manager.notifier.bus.close()
 
     def _look_for_stranded(self) -> None:
         while not self._stop.wait(self.settings.stranded_check_interval):

@@ -26,3 +26,7 @@ class SchedulerSettings(CommonSettings):
     stranded_check_interval: float = Field(
         default=30.0, gt=0, description="Seconds between looks for such stranded instances"
     )
+    metrics_host: str = Field(default="127.0.0.1", description="Address of the /metrics server")
+    metrics_port: int = Field(
+        default=9101, ge=0, le=65535, description="Port of the Prometheus /metrics server (0: none)"
+    )

@@ -451,6 +451,10 @@ def isolation_attempts(o: dict[str, str]) -> list[Attempt]:
     return [
         a("GET", "/healthz", "/healthz", 200),
         a("GET", "/v1/conductors", "/v1/conductors", 403),
+        # Events are a project's: another's never show (the stream, outside the OpenAPI
+        # document, is checked by tests/integration/test_events.py).
+        a("GET", "/v1/events", "/v1/events", 200, absent=o["instance"]),
+        a("GET", "/v1/events", f"/v1/events?object_id={o['instance']}", 200, absent=o["instance"]),
         # Flavors are public to read; only an admin changes them.
         a("GET", "/v1/flavors", "/v1/flavors", 200),
         a("POST", "/v1/flavors", "/v1/flavors", 403, flavor),

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from . import (
     conductors,
+    events,
     flavors,
     images,
     instances,
@@ -28,4 +29,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     ports.router,
     instances.router,
     conductors.router,
+    events.router,
 )

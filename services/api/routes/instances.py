@@ -18,6 +18,7 @@ from libs.errors import (
     NotFound,
     ServiceUnavailable,
 )
+from libs.notify import Phase
 from libs.rpc import RequestContext
 
 from ..deps import (
@@ -28,6 +29,7 @@ from ..deps import (
     SettingsDep,
     listed_project,
     may_see,
+    notifier_of,
 )
 from ..errors import InvalidInput
 from ..queries import PageDep, paginate
@@ -94,6 +96,8 @@ def create_instance(
         task_state=TaskState.SCHEDULING,
     )
     session.add(instance)
+    notifier = notifier_of(session)
+    notifier.instance(session, instance, "create", Phase.START)
     session.commit()  # the scheduler reads the row: it must exist before the cast
     try:
         scheduler.schedule_instance(ctxt, instance.id)
@@ -109,7 +113,7 @@ def create_instance(
 
 def fail_unscheduled(session: Session, instance: Instance, message: str) -> None:
     """Put an instance the scheduler never got into ERROR (unless it got it after all)."""
-    session.exec(
+    result = session.exec(
         update(Instance)
         .where(
             col(Instance.id) == instance.id,
@@ -123,6 +127,8 @@ def fail_unscheduled(session: Session, instance: Instance, message: str) -> None
             updated_at=utcnow(),
         )
     )
+    if result.rowcount == 1:
+        notifier_of(session).instance_by_id(session, instance.id, "create", Phase.ERROR)
     session.commit()
 
 
@@ -170,6 +176,7 @@ def delete_instance(
     (DELETING until the node is clean)."""
     instance = get_instance(session, instance_id, ctxt)
     _refuse_if_gone(instance)
+    notifier = notifier_of(session)
     gone = (InstanceStatus.DELETING, InstanceStatus.DELETED)
     if instance.node_id is None:
         # Conditional: the scheduler may be claiming a node for it right now.
@@ -183,6 +190,8 @@ def delete_instance(
             )
             .values(status=InstanceStatus.DELETED, task_state=None, deleted_at=now, updated_at=now)
         )
+        if result.rowcount == 1:
+            notifier.instance_by_id(session, instance.id, "delete", Phase.END)
         session.commit()
         session.refresh(instance)
         if result.rowcount == 1:
@@ -201,18 +210,25 @@ def delete_instance(
         )
         .values(status=InstanceStatus.DELETING, task_state=TaskState.DELETING, updated_at=utcnow())
     )
+    if result.rowcount == 1:
+        notifier.instance_by_id(session, instance.id, "delete", Phase.START)
     session.commit()
     if result.rowcount != 1:
         raise InvalidStateTransition(f"instance {instance.id!r} changed meanwhile; try again")
     try:
         conductor.tear_down_node(ctxt, node_id)
-    except (NoLiveConductor, *BUS_ERRORS):
+    except (NoLiveConductor, *BUS_ERRORS) as exc:
         # Nothing will tear it down: put it back so the user can simply retry.
-        session.exec(
+        restored = session.exec(
             update(Instance)
             .where(col(Instance.id) == instance.id, col(Instance.status) == InstanceStatus.DELETING)
             .values(status=before[0], task_state=before[1], updated_at=utcnow())
         )
+        if restored.rowcount == 1:
+            reason = exc.reason if isinstance(exc, NoLiveConductor) else type(exc).__name__
+            notifier.instance_by_id(
+                session, instance.id, "delete", Phase.ERROR, reason=f"tear-down not sent: {reason}"
+            )
         session.commit()
         raise
     session.refresh(instance)

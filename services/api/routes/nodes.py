@@ -14,11 +14,12 @@ from sqlmodel import Session, col, delete, select, update
 from libs import redact
 from libs.db import Node, Port, PowerState, utcnow
 from libs.errors import InvalidStateTransition, NodeLocked, NotFound, Unauthorized
+from libs.notify import Phase
 from libs.rpc import RequestContext
 from services.conductor.states import ProvisionState
 
 from ..auth import token_digest
-from ..deps import AdminDep, ConductorAPIDep, SessionDep
+from ..deps import AdminDep, ConductorAPIDep, SessionDep, notifier_of
 from ..errors import Duplicate, request_id_of
 from ..queries import PageDep, commit_unique, paginate
 from ..schemas import (
@@ -79,6 +80,7 @@ def create_node(body: NodeCreate, session: SessionDep, _: AdminDep) -> NodePubli
         power_state=PowerState.UNKNOWN,
     )
     session.add(node)
+    notifier_of(session).node(session, node, "create", Phase.END)
     commit_unique(session, f"a node named {body.name!r} exists")
     return NodePublic.from_row(node)
 
@@ -115,6 +117,7 @@ def show_node(node_ref: str, session: SessionDep, _: AdminDep) -> NodePublic:
 @router.patch("/{node_ref}")
 def update_node(node_ref: str, body: NodeUpdate, session: SessionDep, _: AdminDep) -> NodePublic:
     node = get_node(session, node_ref)
+    was_in_maintenance = node.maintenance
     given = body.model_fields_set
     values: dict[str, Any] = {}
     if body.name is not None:
@@ -141,6 +144,10 @@ def update_node(node_ref: str, body: NodeUpdate, session: SessionDep, _: AdminDe
         )
         if result.rowcount != 1:
             raise NodeLocked(f"node {node.name!r} is locked by a conductor; try again shortly")
+        if body.maintenance is not None and body.maintenance != was_in_maintenance:
+            session.refresh(node)
+            action = "maintenance_set" if node.maintenance else "maintenance_unset"
+            notifier_of(session).node(session, node, action, Phase.END)
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -174,6 +181,7 @@ def delete_node(node_ref: str, session: SessionDep, _: AdminDep) -> None:
     if result.rowcount != 1:
         session.rollback()
         raise NodeLocked(f"node {node.name!r} changed while being deleted; try again")
+    notifier_of(session).node(session, node, "delete", Phase.END)
     session.commit()
 
 

@@ -258,6 +258,11 @@ class Collection:
         answer = _body(response) if response.content else None
         return answer if isinstance(answer, dict) else None
 
+    def action(self, ident: str, action: str, body: Resource) -> Resource:
+        """``POST /v1/<plural>/<id>/<action>`` (e.g. an instance's rebuild)."""
+        answer: Resource = self.client.json("POST", f"{self._item(ident)}/{action}", json=body)
+        return answer
+
     def _item(self, ident: str) -> str:
         # A name may hold characters that mean something in a URL path.
         return f"{self.path}/{quote(ident, safe='')}"

@@ -131,6 +131,40 @@ def _network_label(api: APIClient, network_id: str) -> str:
         return network_id
 
 
+@app.command("rebuild")
+def rebuild(
+    ctx: typer.Context,
+    server: ServerArg,
+    image: Annotated[
+        str | None,
+        typer.Option(help="Image id or name to write instead (default: the server's own)."),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option(help="Show the rebuild's progress until the server is ACTIVE.")
+    ] = False,
+    timeout: TimeoutOption = 1800.0,
+    poll_interval: PollOption = 2.0,
+    endpoint: EndpointOption = None,
+    token: TokenOption = None,
+    fmt: FormatOption = OutputFormat.TABLE,
+) -> None:
+    """Rebuild a server in place: the same node, name and networks, its disk written
+    again with its image or --image (everything on the disk is lost).
+
+    With --wait, exit status 0 when the server is ACTIVE again, 1 when the rebuild failed
+    (the fault is printed), 2 when --timeout passed first.
+    """
+    with connect(ctx, endpoint, token) as api:
+        instance = api.instances.find(server)
+        body: Resource = {"image": api.images.find(image)["id"]} if image else {}
+        instance = api.instances.action(instance["id"], "rebuild", body)
+        if wait:
+            instance = _wait(ctx, api, instance, "ACTIVE", timeout, poll_interval)
+    print_resource(instance, fmt)
+    if instance.get("status") == "ERROR":
+        raise _failed(instance)
+
+
 @app.command("delete")
 def delete(
     ctx: typer.Context,

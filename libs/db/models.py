@@ -44,6 +44,7 @@ class PowerState(enum.StrEnum):
 class InstanceStatus(enum.StrEnum):
     BUILD = "BUILD"
     ACTIVE = "ACTIVE"
+    REBUILD = "REBUILD"  # its node is being re-imaged in place
     DELETING = "DELETING"
     DELETED = "DELETED"
     ERROR = "ERROR"
@@ -52,6 +53,7 @@ class InstanceStatus(enum.StrEnum):
 class TaskState(enum.StrEnum):
     SCHEDULING = "scheduling"
     DEPLOYING = "deploying"
+    REBUILDING = "rebuilding"
     DELETING = "deleting"
 
 

@@ -34,6 +34,7 @@ def event_type(object_type: str, action: str, phase: Phase) -> str:
 #: services/conductor/states.py's values.
 _NODE_TRANSITIONS: dict[tuple[str, str], tuple[str, Phase]] = {
     ("available", "deploying"): ("deploy", Phase.START),
+    ("active", "deploying"): ("rebuild", Phase.START),
     ("deploying", "wait call-back"): ("deploy_ramdisk", Phase.START),
     ("wait call-back", "deploying"): ("deploy_ramdisk", Phase.END),
     ("deploying", "active"): ("deploy", Phase.END),

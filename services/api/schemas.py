@@ -459,6 +459,12 @@ class InstanceCreate(RequestBody):
     )
 
 
+class InstanceRebuild(RequestBody):
+    image: Reference | None = Field(
+        default=None, description="Image id or name to write; default: the instance's own"
+    )
+
+
 class InstancePublic(BaseModel):
     id: str
     name: str

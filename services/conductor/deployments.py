@@ -87,6 +87,32 @@ class Deployments:
         task.process_event(Event.DEPLOY)
         task.spawn_after(self._deploy, instance_id)
 
+    def rebuild(self, task: Task, instance_id: str) -> None:
+        """Write the instance's image (it may be a new one) again on the node it is active
+        on: ``active -rebuild-> deploying``, then the deploy's own steps. A repeated request
+        (casts can arrive twice) or one for an instance no longer REBUILD is ignored."""
+        node = task.node
+        status = instances.status_of(self.db, instance_id)
+        if node.instance_id != instance_id or status != InstanceStatus.REBUILD:
+            LOG.info(
+                "not rebuilding node %s: it holds %s, instance %s is %s",
+                node.id,
+                node.instance_id,
+                instance_id,
+                status,
+            )
+            return
+        if node.provision_state != S.ACTIVE:
+            if node.provision_state in (S.DEPLOYING, S.DEPLOYWAIT):
+                return  # under way already
+            reason = f"node {node.id} cannot rebuild: it is {node.provision_state}"
+            instances.mark_error(
+                self.db, instance_id, "rebuild_failed", reason, self.notifier, action="rebuild"
+            )
+            return
+        task.process_event(Event.REBUILD)
+        task.spawn_after(self._deploy, instance_id)
+
     def resume(self, task: Task, success: bool, message: str | None) -> None:
         """The ramdisk reported on its deploy: finish it (on a worker) or fail it."""
         steps.resume_after_ramdisk(
@@ -125,7 +151,9 @@ class Deployments:
             LOG.info("node %s is busy with instance %s already: %s", node_id, instance_id, reason)
 
     def _hand_back(self, ctxt: RequestContext, node_id: str, instance_id: str, reason: str) -> None:
-        outcome = instances.detach_failed_node(self.db, instance_id, node_id, self.notifier)
+        outcome = instances.detach_failed_node(
+            self.db, instance_id, node_id, self.notifier, reason=reason
+        )
         if outcome is not instances.FailedDeploy.RESCHEDULE:
             return
         try:

@@ -58,17 +58,26 @@ def deleting_on(db: Database, node_id: str) -> str | None:
 _RECORD_ONLY = Notifier(service="conductor")
 
 
+#: What a deploy's end finishes, by the instance's status then.
+_DEPLOYED_ACTIONS = {InstanceStatus.BUILD: "create", InstanceStatus.REBUILD: "rebuild"}
+
+
 def mark_active(db: Database, instance_id: str, notifier: Notifier = _RECORD_ONLY) -> bool:
-    """The deploy is done: BUILD -> ACTIVE. Returns False if it was no longer BUILD."""
+    """The deploy (or rebuild) is done: BUILD or REBUILD -> ACTIVE. Returns False if it was
+    neither any more (deleted meanwhile)."""
     with db.session() as session:
-        result = session.exec(
-            update(Instance)
-            .where(col(Instance.id) == instance_id, col(Instance.status) == InstanceStatus.BUILD)
-            .values(status=InstanceStatus.ACTIVE, task_state=None, updated_at=utcnow())
-        )
-        if result.rowcount:
-            notifier.instance_by_id(session, instance_id, "create", Phase.END)
-        return bool(result.rowcount)
+        instance = session.exec(
+            select(Instance).where(col(Instance.id) == instance_id).with_for_update()
+        ).first()
+        if instance is None or instance.status not in _DEPLOYED_ACTIONS:
+            return False
+        action = _DEPLOYED_ACTIONS[instance.status]
+        instance.status = InstanceStatus.ACTIVE
+        instance.task_state = None
+        instance.updated_at = utcnow()
+        session.add(instance)
+        notifier.instance(session, instance, action, Phase.END)
+        return True
 
 
 def mark_deleted(db: Database, instance_id: str, notifier: Notifier = _RECORD_ONLY) -> None:
@@ -90,9 +99,10 @@ def mark_error(
     code: str,
     message: str,
     notifier: Notifier = _RECORD_ONLY,
+    action: str = "delete",
 ) -> None:
-    """Something failed that the user should see on the instance: ERROR with a fault.
-    (The conductor's one such failure is a tear-down's: ``tetsu.instance.delete.error``.)"""
+    """Something failed that the user should see on the instance: ERROR with a fault
+    (``tetsu.instance.<action>.error``: a tear-down's, or a rebuild that could not start)."""
     with db.session() as session:
         result = session.exec(
             update(Instance)
@@ -105,14 +115,19 @@ def mark_error(
             )
         )
         if result.rowcount:
-            notifier.instance_by_id(session, instance_id, "delete", Phase.ERROR)
+            notifier.instance_by_id(session, instance_id, action, Phase.ERROR)
 
 
 def detach_failed_node(
-    db: Database, instance_id: str, node_id: str, notifier: Notifier = _RECORD_ONLY
+    db: Database,
+    instance_id: str,
+    node_id: str,
+    notifier: Notifier = _RECORD_ONLY,
+    reason: str = "",
 ) -> FailedDeploy:
     """The deploy on ``node_id`` failed: forget the node and remember it failed, so the
-    scheduler's next attempt avoids it; an instance deleted meanwhile becomes DELETED."""
+    scheduler's next attempt avoids it; an instance deleted meanwhile becomes DELETED. A
+    failed rebuild is not moved elsewhere: the instance goes to ERROR with ``reason``."""
     now = utcnow()
     with db.session() as session:
         instance = session.exec(
@@ -128,6 +143,15 @@ def detach_failed_node(
             session.add(instance)
             notifier.instance(session, instance, "delete", Phase.END)
             return FailedDeploy.DELETED
+        if instance.status == InstanceStatus.REBUILD:
+            instance.status = InstanceStatus.ERROR
+            instance.task_state = None
+            instance.node_id = None
+            instance.fault = {"code": "rebuild_failed", "message": reason or "rebuild failed"}
+            instance.updated_at = now
+            session.add(instance)
+            notifier.instance(session, instance, "rebuild", Phase.ERROR)
+            return FailedDeploy.GONE
         if instance.status != InstanceStatus.BUILD:
             return FailedDeploy.GONE
         instance.node_id = None

@@ -43,7 +43,7 @@ RAMDISK_RETRY_INTERVAL = 1.0
 
 
 class ConductorManager:
-    RPC_API_VERSION = "1.0"
+    RPC_API_VERSION = "1.1"
 
     def __init__(self, settings: ConductorSettings, db: Database, transport: Transport) -> None:
         self.settings = settings
@@ -73,6 +73,11 @@ class ConductorManager:
                 self.deployments.start(task, instance_id)
         except NodeLocked as exc:
             self.deployments.give_up_locked(ctxt, node_id, instance_id, exc.reason)
+
+    @rpc.expose
+    def rebuild_node(self, ctxt: RequestContext, *, node_id: str, instance_id: str) -> None:
+        with self.tasks.acquire(ctxt, node_id, "rebuild", wait=SERVICE_LOCK_WAIT) as task:
+            self.deployments.rebuild(task, instance_id)
 
     @rpc.expose
     def tear_down_node(self, ctxt: RequestContext, *, node_id: str) -> None:

@@ -37,6 +37,7 @@ class Event(enum.StrEnum):
     DONE = "done"  # the step finished
     FAIL = "fail"  # the step failed (or its callback timed out)
     DELETE = "delete"  # tear the instance down (also: give up on a failed deploy)
+    REBUILD = "rebuild"  # the user: write the instance's (new) image again, same node
     CLEAN = "clean"  # deleting is done: clean the disk
 
 
@@ -68,6 +69,7 @@ TRANSITIONS: tuple[Transition, ...] = tuple(
         (S.DEPLOYFAIL, E.DELETE, S.DELETING),
         (S.DEPLOYFAIL, E.MANAGE, S.MANAGEABLE),
         (S.ACTIVE, E.DELETE, S.DELETING),
+        (S.ACTIVE, E.REBUILD, S.DEPLOYING),
         (S.ERROR, E.DELETE, S.DELETING),
         (S.DELETING, E.CLEAN, S.CLEANING),
         (S.DELETING, E.FAIL, S.ERROR),

@@ -408,6 +408,30 @@ def test_the_cli_creates_and_deletes_a_server_against_the_running_api(stack, clo
         s["name"] == "from-cli" and s["status"] == "ACTIVE" for s in json.loads(listed.stdout)
     )
     server_id = next(s["id"] for s in json.loads(listed.stdout) if s["name"] == "from-cli")
+    with stack.client() as admin:
+        node_id = ok(admin.get(f"/v1/instances/{server_id}"))["node_id"]
+        newer = {
+            "name": "debian-13",
+            "disk_format": "raw",
+            "visibility": "public",
+            "source_url": "http://images.example/debian-13.raw",
+            "sha256": "e" * 64,
+            "size": 4096,
+        }
+        ok(admin.post("/v1/images", json=newer), 201)
+    # Rebuild in place with another image: the same server on the same node, re-imaged.
+    rebuilt = tetsu("server", "rebuild", "from-cli", "--image", "debian-13", "--wait")
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    with stack.client() as admin:
+        row = ok(admin.get(f"/v1/instances/{server_id}"))
+        assert (row["status"], row["node_id"], row["name"]) == ("ACTIVE", node_id, "from-cli")
+        assert row["image_id"] != cloud["image"]
+        history = ok(admin.get("/v1/events", params={"object_id": node_id, "limit": 200}))
+        kinds = [e["event_type"] for e in reversed(history["events"])]
+        assert kinds.count("tetsu.node.rebuild.start") == 1
+        assert kinds.index("tetsu.node.rebuild.start") < len(kinds) - 1 - kinds[::-1].index(
+            "tetsu.node.deploy.end"
+        ), "the node was deployed again after the rebuild began"
     deleted = tetsu("server", "delete", server_id, "--wait")
     assert deleted.returncode == 0, deleted.stdout + deleted.stderr
     refused = tetsu("server", "create", "x", "--flavor", "no-such-flavor", "--image", "debian-12")

@@ -33,7 +33,7 @@ from ..deps import (
 )
 from ..errors import InvalidInput
 from ..queries import PageDep, paginate
-from ..schemas import InstanceCreate, InstanceList, InstancePublic
+from ..schemas import InstanceCreate, InstanceList, InstancePublic, InstanceRebuild
 from .flavors import find_flavor
 from .images import find_image
 
@@ -229,6 +229,65 @@ def delete_instance(
             notifier.instance_by_id(
                 session, instance.id, "delete", Phase.ERROR, reason=f"tear-down not sent: {reason}"
             )
+        session.commit()
+        raise
+    session.refresh(instance)
+    return public(instance, ctxt)
+
+
+@router.post("/{instance_id}/rebuild", status_code=status.HTTP_202_ACCEPTED)
+def rebuild_instance(
+    instance_id: str,
+    body: InstanceRebuild,
+    session: SessionDep,
+    ctxt: ContextDep,
+    conductor: ConductorAPIDep,
+) -> InstancePublic:
+    """Re-image an ACTIVE instance in place: the same node, name and networks, with its
+    image or ``image`` (REBUILD until ACTIVE again, or ERROR with a fault)."""
+    instance = get_instance(session, instance_id, ctxt)
+    _refuse_if_gone(instance)
+    if instance.status != InstanceStatus.ACTIVE or instance.node_id is None:
+        raise InvalidStateTransition(
+            f"instance {instance.id!r} is {instance.status}: only an ACTIVE instance can be rebuilt"
+        )
+    image = find_image(session, body.image, ctxt) if body.image else None
+    if image is not None and image.status != ImageStatus.ACTIVE:
+        raise InvalidInput(f"image {body.image!r} is not active yet (it is {image.status})")
+    node_id = instance.node_id
+    before = instance.image_id
+    result = session.exec(
+        update(Instance)
+        .where(
+            col(Instance.id) == instance.id,
+            col(Instance.node_id) == node_id,
+            col(Instance.status) == InstanceStatus.ACTIVE,
+        )
+        .values(
+            status=InstanceStatus.REBUILD,
+            task_state=TaskState.REBUILDING,
+            image_id=image.id if image is not None else before,
+            fault=None,
+            updated_at=utcnow(),
+        )
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        raise InvalidStateTransition(f"instance {instance.id!r} changed meanwhile; try again")
+    notifier = notifier_of(session)
+    notifier.instance_by_id(session, instance.id, "rebuild", Phase.START)
+    session.commit()
+    try:
+        conductor.rebuild_node(ctxt, node_id, instance.id)
+    except (NoLiveConductor, *BUS_ERRORS):
+        # Nothing will rebuild it: back to ACTIVE as it was, so the user can retry.
+        session.exec(
+            update(Instance)
+            .where(col(Instance.id) == instance.id, col(Instance.status) == InstanceStatus.REBUILD)
+            .values(
+                status=InstanceStatus.ACTIVE, task_state=None, image_id=before, updated_at=utcnow()
+            )
+        )
         session.commit()
         raise
     session.refresh(instance)

@@ -79,7 +79,7 @@ class FakeConductor:
     """Records every request; ``error`` makes the calls raise it; ``provision_states``
     maps an action to the state the node is put in (as a real conductor would)."""
 
-    RPC_API_VERSION = "1.0"
+    RPC_API_VERSION = "1.1"
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -98,6 +98,10 @@ class FakeConductor:
     @rpc.expose
     def tear_down_node(self, ctxt: rpc.RequestContext, node_id: str) -> None:
         self.recorder.add("tear_down_node", ctxt, node_id=node_id)
+
+    @rpc.expose
+    def rebuild_node(self, ctxt: rpc.RequestContext, node_id: str, instance_id: str) -> None:
+        self.recorder.add("rebuild_node", ctxt, node_id=node_id, instance_id=instance_id)
 
     @rpc.expose
     def ramdisk_callback(

@@ -252,3 +252,69 @@ def test_unreachable_scheduler_is_503_and_the_instance_errors(client, settings, 
     assert instance["status"] == "ERROR"
     assert instance["task_state"] is None
     assert instance["fault"]["code"] == "service_unavailable"
+
+
+def test_rebuild_re_images_an_active_instance_in_place(client, db, alice, catalog, backend):
+    instance = create(client, alice).json()
+    give_node(db, instance["id"], node_id="node-3")
+    other = client.post(
+        "/v1/images",
+        json={
+            "name": "debian",
+            "visibility": "public",
+            "source_url": "http://images.example/debian.img",
+            "sha256": "d" * 64,
+            "size": 1024,
+        },
+        headers=ADMIN,
+    ).json()
+    assert other["status"] == "active"
+
+    response = client.post(
+        f"/v1/instances/{instance['id']}/rebuild",
+        json={"image": other["name"]},
+        headers=alice.headers,
+    )
+
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert (body["status"], body["task_state"]) == ("REBUILD", "rebuilding")
+    assert body["image_id"] == other["id"]
+    backend.conductor.recorder.wait_for("rebuild_node", node_id="node-3", instance_id=body["id"])
+    again = client.post(f"/v1/instances/{instance['id']}/rebuild", json={}, headers=alice.headers)
+    assert again.status_code == 409
+    assert "only an ACTIVE instance" in error_of(again)["reason"]
+
+
+def test_rebuild_is_refused_with_a_reason(client, db, alice, bob, catalog):
+    building = create(client, alice).json()
+    response = client.post(
+        f"/v1/instances/{building['id']}/rebuild", json={}, headers=alice.headers
+    )
+    assert response.status_code == 409  # not ACTIVE yet
+    active = create(client, alice, name="vm2").json()
+    give_node(db, active["id"])
+    unknown = client.post(
+        f"/v1/instances/{active['id']}/rebuild", json={"image": "nope"}, headers=alice.headers
+    )
+    assert unknown.status_code == 400
+    assert "image 'nope' not found" in error_of(unknown)["reason"]
+    theirs = client.post(f"/v1/instances/{active['id']}/rebuild", json={}, headers=bob.headers)
+    assert theirs.status_code == 404
+    shown = client.get(f"/v1/instances/{active['id']}", headers=alice.headers).json()
+    assert shown["status"] == "ACTIVE"
+
+
+def test_rebuild_with_no_live_conductor_is_503_and_leaves_it_active(client, db, alice, catalog):
+    instance = create(client, alice).json()
+    give_node(db, instance["id"])
+    with db.session() as session:
+        session.exec(delete(Conductor))
+
+    response = client.post(
+        f"/v1/instances/{instance['id']}/rebuild", json={}, headers=alice.headers
+    )
+
+    assert response.status_code == 503
+    shown = client.get(f"/v1/instances/{instance['id']}", headers=alice.headers).json()
+    assert (shown["status"], shown["task_state"]) == ("ACTIVE", None)

@@ -165,6 +165,37 @@ def rebuild(
         raise _failed(instance)
 
 
+@app.command("evacuate")
+def evacuate(
+    ctx: typer.Context,
+    server: ServerArg,
+    wait: Annotated[
+        bool, typer.Option(help="Show the progress until the server is ACTIVE on its new node.")
+    ] = False,
+    timeout: TimeoutOption = 1800.0,
+    poll_interval: PollOption = 2.0,
+    endpoint: EndpointOption = None,
+    token: TokenOption = None,
+    fmt: FormatOption = OutputFormat.TABLE,
+) -> None:
+    """Admins: bring a server whose node died back on another node, with the same id, name,
+    image and networks (its disk's data is not carried over). The old node must be in
+    maintenance or no longer answer its BMC; it is fenced: powered off if it answers, and
+    cut off from every network.
+
+    With --wait, exit status 0 when the server is ACTIVE again, 1 when it failed, 2 when
+    --timeout passed first.
+    """
+    with connect(ctx, endpoint, token) as api:
+        instance = api.instances.find(server)
+        instance = api.instances.action(instance["id"], "evacuate", {})
+        if wait:
+            instance = _wait(ctx, api, instance, "ACTIVE", timeout, poll_interval)
+    print_resource(instance, fmt)
+    if instance.get("status") == "ERROR":
+        raise _failed(instance)
+
+
 @app.command("delete")
 def delete(
     ctx: typer.Context,
@@ -205,7 +236,10 @@ def _wait(
     watcher = ServerWatcher(api, instance["id"])
 
     def settled(progress: ServerProgress) -> bool:
-        return progress.instance.get("status") in {goal, "ERROR"}
+        # An evacuation starts with the server still ACTIVE, busy with its task.
+        shown = progress.instance
+        status = shown.get("status")
+        return status == "ERROR" or (status == goal and shown.get("task_state") is None)
 
     try:
         progress = poll(

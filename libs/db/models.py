@@ -54,6 +54,7 @@ class TaskState(enum.StrEnum):
     SCHEDULING = "scheduling"
     DEPLOYING = "deploying"
     REBUILDING = "rebuilding"
+    EVACUATING = "evacuating"  # its dead node is being fenced; then scheduling again
     DELETING = "deleting"
 
 

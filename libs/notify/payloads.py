@@ -35,6 +35,9 @@ def event_type(object_type: str, action: str, phase: Phase) -> str:
 _NODE_TRANSITIONS: dict[tuple[str, str], tuple[str, Phase]] = {
     ("available", "deploying"): ("deploy", Phase.START),
     ("active", "deploying"): ("rebuild", Phase.START),
+    ("active", "error"): ("fence", Phase.END),
+    ("deploy failed", "error"): ("fence", Phase.END),
+    ("error", "error"): ("fence", Phase.END),
     ("deploying", "wait call-back"): ("deploy_ramdisk", Phase.START),
     ("wait call-back", "deploying"): ("deploy_ramdisk", Phase.END),
     ("deploying", "active"): ("deploy", Phase.END),

@@ -23,6 +23,7 @@ from . import callback_tokens, power
 from .cleaning import Cleaning
 from .deployments import Deployments
 from .drivers import DriverEnv, DriverFactory, InterfaceKind
+from .evacuation import Evacuations
 from .periodic import PeriodicTasks
 from .settings import ConductorSettings
 from .states import Event, ProvisionState
@@ -54,11 +55,13 @@ class ConductorManager:
             db, settings.hostname, self.drivers, workers=settings.workers, notifier=self.notifier
         )
         network = NetworkAPI(transport)
+        scheduler = SchedulerAPI(transport)
         self.cleaning = Cleaning(db, network, self.notifier)
-        self.deployments = Deployments(
-            db, network, SchedulerAPI(transport), self.cleaning, self.notifier
+        self.deployments = Deployments(db, network, scheduler, self.cleaning, self.notifier)
+        self.evacuations = Evacuations(db, network, scheduler, self.notifier)
+        self.periodic = PeriodicTasks(
+            settings, db, self.tasks, self.deployments, self.cleaning, self.evacuations
         )
-        self.periodic = PeriodicTasks(settings, db, self.tasks, self.deployments, self.cleaning)
         self._stopped = False
         self._actions = {
             Event.MANAGE.value: power.request_manage,
@@ -73,6 +76,11 @@ class ConductorManager:
                 self.deployments.start(task, instance_id)
         except NodeLocked as exc:
             self.deployments.give_up_locked(ctxt, node_id, instance_id, exc.reason)
+
+    @rpc.expose
+    def evacuate_node(self, ctxt: RequestContext, *, node_id: str, instance_id: str) -> None:
+        with self.tasks.acquire(ctxt, node_id, "evacuate", wait=SERVICE_LOCK_WAIT) as task:
+            self.evacuations.evacuate(task, instance_id, "asked by an admin")
 
     @rpc.expose
     def rebuild_node(self, ctxt: RequestContext, *, node_id: str, instance_id: str) -> None:

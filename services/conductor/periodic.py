@@ -25,13 +25,14 @@ from libs.rpc import RequestContext, current_context
 from . import power
 from .cleaning import Cleaning
 from .deployments import Deployments
+from .evacuation import Evacuations
 from .hashring import HashRing
 from .redrive import Redrive
 from .rpcapi import live_conductors
 from .settings import ConductorSettings
 from .states import ProvisionState
 from .takeover import TakeOver
-from .task_manager import TaskManager
+from .task_manager import Task, TaskManager
 
 LOG = logging.getLogger(__name__)
 
@@ -49,8 +50,10 @@ class PeriodicTasks:
         tasks: TaskManager,
         deployments: Deployments,
         cleaning: Cleaning,
+        evacuations: Evacuations | None = None,
     ) -> None:
         self.settings = settings
+        self.evacuations = evacuations
         self.hostname = settings.hostname
         self.db = db
         self.tasks = tasks
@@ -212,8 +215,25 @@ class PeriodicTasks:
             try:
                 with self.tasks.acquire(ctxt, node_id, "power sync", wait=0) as task:
                     power.sync_power_state(task)
+                    self._evacuate_if_gone(task)
             except (NodeLocked, NotFound):
                 continue
+
+    def _evacuate_if_gone(self, task: Task) -> None:
+        """The automatic evacuation policy (``evacuate_after`` > 0): an active node whose
+        power state could not be read for that long has its instance evacuated."""
+        limit = self.settings.evacuate_after
+        node = task.node
+        if limit <= 0 or self.evacuations is None or node.maintenance:
+            return
+        if node.provision_state != S.ACTIVE or node.instance_id is None:
+            return
+        since = power.unreachable_since(node)
+        if since is None or time.time() - since < limit:
+            return
+        why = f"its power state could not be read for {time.time() - since:.0f} s"
+        LOG.warning("node %s: %s: evacuating instance %s", node.id, why, node.instance_id)
+        self.evacuations.evacuate(task, node.instance_id, why)
 
     def redrive_stranded_work(self) -> int:
         """Start the owned nodes' deploys and tear-downs whose messages never came, and

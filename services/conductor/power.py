@@ -5,9 +5,10 @@ makes before taking a node under management, and the periodic power-state sync.
 from __future__ import annotations
 
 import logging
+import time
 
 from libs import redact
-from libs.db import PowerState
+from libs.db import Node, PowerState
 from libs.errors import BadRequest, InvalidStateTransition
 
 from . import steps
@@ -85,6 +86,15 @@ def _manage(task: Task) -> None:
     task.process_event(Event.MANAGE)
 
 
+#: driver_internal_info key: since when (epoch seconds) the power state could not be read.
+UNREACHABLE_SINCE_KEY = "power_unreachable_since"
+
+
+def unreachable_since(node: Node) -> float | None:
+    since = (node.driver_internal_info or {}).get(UNREACHABLE_SINCE_KEY)
+    return float(since) if isinstance(since, int | float) else None
+
+
 def sync_power_state(task: Task) -> None:
     """Record the power state the hardware reports. A failure to read it goes to
     last_error unless that holds another error (which says more, e.g. why a deploy failed);
@@ -104,8 +114,11 @@ def sync_power_state(task: Task) -> None:
             if node.last_error != error:
                 task.report_error("power_sync", error)
             steps.set_last_error(task, error)
-            task.save()
+        if unreachable_since(node) is None:
+            node.driver_internal_info[UNREACHABLE_SINCE_KEY] = time.time()
+        task.save()
         return
+    node.driver_internal_info.pop(UNREACHABLE_SINCE_KEY, None)
     if state != node.power_state:
         LOG.info("node %s: power state %s -> %s (sync)", node.id, node.power_state, state.value)
         node.power_state = state

@@ -36,7 +36,7 @@ def live_conductors(db: Database, heartbeat_timeout: float) -> list[str]:
 
 
 class ConductorAPI:
-    #: 1.1: rebuild_node.
+    #: 1.1: rebuild_node, evacuate_node.
     RPC_API_VERSION = "1.1"
 
     def __init__(
@@ -80,6 +80,12 @@ class ConductorAPI:
     def tear_down_node(self, ctxt: RequestContext, node_id: str) -> None:
         """Delete the node's instance: power off, clean, and make the node available again."""
         self._to_owner(node_id).cast(ctxt, "tear_down_node", node_id=node_id)
+
+    def evacuate_node(self, ctxt: RequestContext, node_id: str, instance_id: str) -> None:
+        """Fence the (dead) node and provision its instance on another node."""
+        self._to_owner(node_id, version="1.1").cast(
+            ctxt, "evacuate_node", node_id=node_id, instance_id=instance_id
+        )
 
     def rebuild_node(self, ctxt: RequestContext, node_id: str, instance_id: str) -> None:
         """Write the instance's (new) image again on its node; ends ACTIVE, or ERROR."""

@@ -129,6 +129,14 @@ class ConductorSettings(CommonSettings):
         default="quick",
         description=("Disk wipe at cleaning: quick (partition tables, first and last MiB) or full"),
     )
+    evacuate_after: float = Field(
+        default=0.0,
+        ge=0,
+        description=(
+            "Seconds an active node's power state may stay unreadable before its instance is "
+            "evacuated to another node (the node fenced); 0: never automatically"
+        ),
+    )
     vm_root: Path = Field(
         default=Path("/var/lib/tetsu/vms"),
         description="Folder of the disks and console logs of VM nodes (power interface libvirt)",

@@ -38,6 +38,7 @@ class Event(enum.StrEnum):
     FAIL = "fail"  # the step failed (or its callback timed out)
     DELETE = "delete"  # tear the instance down (also: give up on a failed deploy)
     REBUILD = "rebuild"  # the user: write the instance's (new) image again, same node
+    FENCE = "fence"  # its instance was evacuated: the node is cut off until repaired
     CLEAN = "clean"  # deleting is done: clean the disk
 
 
@@ -70,6 +71,10 @@ TRANSITIONS: tuple[Transition, ...] = tuple(
         (S.DEPLOYFAIL, E.MANAGE, S.MANAGEABLE),
         (S.ACTIVE, E.DELETE, S.DELETING),
         (S.ACTIVE, E.REBUILD, S.DEPLOYING),
+        (S.ACTIVE, E.FENCE, S.ERROR),
+        (S.DEPLOYFAIL, E.FENCE, S.ERROR),
+        (S.ERROR, E.FENCE, S.ERROR),
+        (S.ERROR, E.MANAGE, S.MANAGEABLE),
         (S.ERROR, E.DELETE, S.DELETING),
         (S.DELETING, E.CLEAN, S.CLEANING),
         (S.DELETING, E.FAIL, S.ERROR),

@@ -67,6 +67,9 @@ SAVED_FIELDS = (
     "driver_internal_info",
     "last_error",
     "instance_id",
+    # Only an evacuation's fencing sets these here; the API's maintenance toggle otherwise.
+    "maintenance",
+    "maintenance_reason",
 )
 
 LOCK_RETRY_INTERVAL = 0.05

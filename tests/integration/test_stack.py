@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,10 @@ def login(stack: Stack, name: str) -> str:
 def count_nodes(admin: httpx.Client, state: str) -> int:
     nodes = admin.get("/v1/nodes", params={"provision_state": state, "limit": 1000}).json()
     return len(nodes["nodes"])
+
+
+def node_in(admin: httpx.Client, node_id: str, state: str) -> bool:
+    return bool(ok(admin.get(f"/v1/nodes/{node_id}"))["provision_state"] == state)
 
 
 def instance(client: httpx.Client, instance_id: str) -> dict[str, Any]:
@@ -515,3 +520,63 @@ def test_an_operator_runs_the_estate_with_the_cli(stack, cloud, tmp_path: Path):
 
     assert tetsu("node", "delete", "cli-node").returncode == 0
     assert "cli-node" not in tetsu("node", "list").stdout
+
+
+def test_an_instance_of_a_failed_node_is_evacuated_to_another(stack, cloud, tmp_path: Path):
+    """An operator marks the node failed (maintenance) and evacuates its instance with the
+    CLI: the same server (id, name, network) becomes ACTIVE on another node, and the old
+    node is fenced: powered off, its ports cut off, left in maintenance."""
+    with stack.client(cloud["alice"]) as member:
+        body = {
+            "name": "to-evacuate",
+            "flavor": cloud["flavor"],
+            "image": cloud["image"],
+            "networks": [cloud["network"]],
+        }
+        server_id = ok(member.post("/v1/instances", json=body), 202)["id"]
+        wait_for(
+            lambda: instance(member, server_id)["status"] == "ACTIVE", timeout=60, what="ACTIVE"
+        )
+    with stack.client() as admin:
+        old_node = instance(admin, server_id)["node_id"]
+        ok(admin.patch(f"/v1/nodes/{old_node}", json={"maintenance": True}))
+    env = {
+        **os.environ,
+        "TETSU_ENDPOINT": stack.endpoint,
+        "TETSU_TOKEN": stack.admin_token,
+        "TETSU_CLI_CONFIG": str(tmp_path / "none.toml"),
+    }
+    evacuated = subprocess.run(
+        [sys.executable, "-m", "libs.cli.main", "server", "evacuate", server_id, "--wait"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert evacuated.returncode == 0, evacuated.stdout + evacuated.stderr
+    with stack.client() as admin:
+        row = instance(admin, server_id)
+        assert (row["status"], row["name"]) == ("ACTIVE", "to-evacuate")
+        assert row["node_id"] not in (None, old_node)
+        assert row["network_ids"] == [cloud["network"]]
+        old = ok(admin.get(f"/v1/nodes/{old_node}"))
+        assert (old["provision_state"], old["maintenance"]) == ("error", True)
+        assert old["power_state"] == "power off"
+        assert old["instance_id"] is None
+        assert "evacuated" in old["maintenance_reason"]
+        ports = ok(admin.get("/v1/ports", params={"node_id": old_node}))["ports"]
+        assert [p["binding"] for p in ports] == ["none"]
+        # Repaired, the node is taken back: manage, provide (cleaned), available.
+        ok(admin.patch(f"/v1/nodes/{old_node}", json={"maintenance": False}))
+        for target, state in (("manage", "manageable"), ("provide", "available")):
+            ok(admin.put(f"/v1/nodes/{old_node}/states/provision", json={"target": target}))
+            wait_for(
+                partial(node_in, admin, old_node, state),
+                timeout=60,
+                what=f"the old node {state}",
+            )
+        ok(admin.delete(f"/v1/instances/{server_id}"), 202)
+        wait_for(
+            lambda: instance(admin, server_id)["status"] == "DELETED", timeout=60, what="DELETED"
+        )

@@ -40,7 +40,7 @@ class EventList(BaseModel):
 
 #: Payload fields only admins are shown: members are not shown nodes (an instance's
 #: node_id is hidden from them in GET /v1/instances as well).
-ADMIN_ONLY_FIELDS = frozenset({"node_id", "failed_node_id"})
+ADMIN_ONLY_FIELDS = frozenset({"node_id", "failed_node_id", "evacuated_from"})
 
 
 def shown_to(ctxt: RequestContext, event: EventMessage) -> EventMessage:

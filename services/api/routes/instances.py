@@ -10,7 +10,16 @@ from fastapi import APIRouter, Query, Response, status
 from sqlmodel import Session, col, select, update
 
 from libs import rpc
-from libs.db import ImageStatus, Instance, InstanceStatus, Network, TaskState, utcnow
+from libs.db import (
+    ImageStatus,
+    Instance,
+    InstanceStatus,
+    Network,
+    Node,
+    PowerState,
+    TaskState,
+    utcnow,
+)
 from libs.errors import (
     Forbidden,
     InvalidStateTransition,
@@ -20,8 +29,10 @@ from libs.errors import (
 )
 from libs.notify import Phase
 from libs.rpc import RequestContext
+from services.conductor.power import SYNC_ERROR_PREFIX
 
 from ..deps import (
+    AdminDep,
     ConductorAPIDep,
     ContextDep,
     SchedulerAPIDep,
@@ -287,6 +298,68 @@ def rebuild_instance(
             .values(
                 status=InstanceStatus.ACTIVE, task_state=None, image_id=before, updated_at=utcnow()
             )
+        )
+        session.commit()
+        raise
+    session.refresh(instance)
+    return public(instance, ctxt)
+
+
+def _node_looks_dead(node: Node) -> bool:
+    """An operator marked it failed (maintenance), or its BMC stopped answering."""
+    unreadable = (node.last_error or "").startswith(SYNC_ERROR_PREFIX)
+    return node.maintenance or unreadable or node.power_state == PowerState.ERROR
+
+
+@router.post("/{instance_id}/evacuate", status_code=status.HTTP_202_ACCEPTED)
+def evacuate_instance(
+    instance_id: str, session: SessionDep, ctxt: AdminDep, conductor: ConductorAPIDep
+) -> InstancePublic:
+    """Admins: bring an instance whose node died back on another node, with the same id,
+    name, image and networks. The old node must be in maintenance or have stopped answering
+    its power reads; it is fenced (powered off if it answers, cut off from the network)
+    and left in maintenance."""
+    instance = get_instance(session, instance_id, ctxt)
+    _refuse_if_gone(instance)
+    if instance.status not in (InstanceStatus.ACTIVE, InstanceStatus.ERROR) or (
+        instance.node_id is None
+    ):
+        raise InvalidStateTransition(
+            f"instance {instance.id!r} is {instance.status} on no node: nothing to evacuate"
+        )
+    if instance.task_state is not None:
+        raise InvalidStateTransition(f"instance {instance.id!r} is busy ({instance.task_state})")
+    node = session.get(Node, instance.node_id)
+    if node is not None and not _node_looks_dead(node):
+        raise InvalidStateTransition(
+            f"node {node.name!r} looks alive ({node.power_state}, not in maintenance): put it "
+            "in maintenance first if it has failed"
+        )
+    node_id = instance.node_id
+    result = session.exec(
+        update(Instance)
+        .where(
+            col(Instance.id) == instance.id,
+            col(Instance.node_id) == node_id,
+            col(Instance.task_state).is_(None),
+        )
+        .values(task_state=TaskState.EVACUATING, updated_at=utcnow())
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        raise InvalidStateTransition(f"instance {instance.id!r} changed meanwhile; try again")
+    notifier_of(session).instance_by_id(session, instance.id, "evacuate", Phase.START)
+    session.commit()
+    try:
+        conductor.evacuate_node(ctxt, node_id, instance.id)
+    except (NoLiveConductor, *BUS_ERRORS):
+        session.exec(
+            update(Instance)
+            .where(
+                col(Instance.id) == instance.id,
+                col(Instance.task_state) == TaskState.EVACUATING,
+            )
+            .values(task_state=None, updated_at=utcnow())
         )
         session.commit()
         raise

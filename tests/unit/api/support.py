@@ -104,6 +104,10 @@ class FakeConductor:
         self.recorder.add("rebuild_node", ctxt, node_id=node_id, instance_id=instance_id)
 
     @rpc.expose
+    def evacuate_node(self, ctxt: rpc.RequestContext, node_id: str, instance_id: str) -> None:
+        self.recorder.add("evacuate_node", ctxt, node_id=node_id, instance_id=instance_id)
+
+    @rpc.expose
     def ramdisk_callback(
         self, ctxt: rpc.RequestContext, node_id: str, success: bool, message: str | None = None
     ) -> None:

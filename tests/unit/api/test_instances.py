@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from sqlmodel import delete
 
 from libs import rpc
-from libs.db import Conductor, Database, Instance, InstanceStatus
+from libs.db import Conductor, Database, Instance, InstanceStatus, Node
 from services.api.app import create_app
 
 from .support import ADMIN, Member, error_of
@@ -318,3 +318,44 @@ def test_rebuild_with_no_live_conductor_is_503_and_leaves_it_active(client, db, 
     assert response.status_code == 503
     shown = client.get(f"/v1/instances/{instance['id']}", headers=alice.headers).json()
     assert (shown["status"], shown["task_state"]) == ("ACTIVE", None)
+
+
+def put_node(db: Database, node_id: str, **fields: Any) -> None:
+    with db.session() as session:
+        session.add(Node(id=node_id, name=node_id, resource_class="baremetal", **fields))
+
+
+def test_evacuate_is_for_admins_and_a_dead_node_only(client, db, alice, catalog, backend):
+    instance = create(client, alice).json()
+    put_node(db, "node-ok", provision_state="active", power_state="power on")
+    give_node(db, instance["id"], node_id="node-ok")
+    path = f"/v1/instances/{instance['id']}/evacuate"
+
+    assert client.post(path, headers=alice.headers).status_code == 403
+    alive = client.post(path, headers=ADMIN)
+    assert alive.status_code == 409
+    assert "looks alive" in error_of(alive)["reason"]
+
+    with db.session() as session:
+        node = session.get(Node, "node-ok")
+        assert node is not None
+        node.maintenance = True
+        session.add(node)
+    response = client.post(path, headers=ADMIN)
+
+    assert response.status_code == 202, response.text
+    assert (response.json()["status"], response.json()["task_state"]) == ("ACTIVE", "evacuating")
+    backend.conductor.recorder.wait_for(
+        "evacuate_node", node_id="node-ok", instance_id=instance["id"]
+    )
+    busy = client.post(path, headers=ADMIN)
+    assert busy.status_code == 409
+    assert "busy (evacuating)" in error_of(busy)["reason"]
+
+
+def test_an_unreadable_bmc_makes_a_node_evacuable(client, db, alice, catalog, backend):
+    instance = create(client, alice).json()
+    put_node(db, "node-gone", last_error="power state sync: reading the power state failed: x")
+    give_node(db, instance["id"], node_id="node-gone")
+    response = client.post(f"/v1/instances/{instance['id']}/evacuate", headers=ADMIN)
+    assert response.status_code == 202, response.text

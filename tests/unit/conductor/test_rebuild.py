@@ -66,4 +66,3 @@ def test_a_failed_rebuild_is_an_error_on_the_instance_not_a_reschedule(cloud: Cl
     node = cloud.settled(node_id, "deploy failed")
     assert node.instance_id is None
     assert not cloud.scheduler.reschedules
-

@@ -9,8 +9,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, func, not_, true
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from libs.db import Node, Port
@@ -68,12 +70,17 @@ class PortsFilter(NodeFilter):
     def clause(self, spec: RequestSpec) -> ColumnElement[bool]:
         if spec.port_count == 0:
             return true()
-        ports = (
-            select(func.count(col(Port.id)))
-            .where(col(Port.node_id) == col(Node.id))
-            .scalar_subquery()
+        if spec.port_count == 1:
+            # A semi-join the planner may run as one pass over the ports' index.
+            return select(col(Port.id)).where(col(Port.node_id) == col(Node.id)).exists()
+        # Nodes with enough ports, found in one pass over the ports (a hashed subplan),
+        # not a count per candidate node: that cost ~5 us a node, 40 ms at 10k nodes.
+        enough_ports = (
+            select(col(Port.node_id))
+            .group_by(col(Port.node_id))
+            .having(func.count(col(Port.id)) >= spec.port_count)
         )
-        return ports >= spec.port_count
+        return col(Node.id).in_(enough_ports)
 
 
 class ExcludeFailedFilter(NodeFilter):
@@ -113,6 +120,38 @@ def find_candidates(
         select(col(Node.id), col(Node.cpus), col(Node.memory_mb), col(Node.disk_gb)).where(
             *(f.clause(spec) for f in filters)
         )
+    ).all()
+    return [Candidate(id=i, cpus=c, memory_mb=m, disk_gb=d) for i, c, m, d in rows]
+
+
+def best_candidates(
+    session: Session,
+    spec: RequestSpec,
+    filters: Sequence[NodeFilter],
+    weights: Sequence[ColumnElement[Any]],
+    limit: int,
+) -> list[Candidate]:
+    """The ``limit`` best nodes that pass every filter, best first by the sum of
+    ``weights`` (SQL expressions of the weighers), equally good ones in random order.
+
+    The database filters, weighs and sorts, so an estate of any size costs one query and
+    ``limit`` rows, not a row per node to rank in Python.
+    """
+    weighed = (
+        sa_select(
+            col(Node.id).label("id"),
+            col(Node.cpus).label("cpus"),
+            col(Node.memory_mb).label("memory_mb"),
+            col(Node.disk_gb).label("disk_gb"),
+            sum(weights[1:], weights[0]).label("weight"),
+        )
+        .where(*(f.clause(spec) for f in filters))
+        .subquery()
+    )
+    rows = session.exec(
+        select(weighed.c.id, weighed.c.cpus, weighed.c.memory_mb, weighed.c.disk_gb)
+        .order_by(weighed.c.weight.desc(), func.random())
+        .limit(limit)
     ).all()
     return [Candidate(id=i, cpus=c, memory_mb=m, disk_gb=d) for i, c, m, d in rows]
 

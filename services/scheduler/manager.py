@@ -22,7 +22,14 @@ from libs.notify import Notifier, bus_for
 from services.conductor.rpcapi import ConductorAPI
 
 from .claims import ClaimOutcome, claim_node, fail_instance, release_claim
-from .filters import DEFAULT_FILTERS, NodeFilter, find_candidates, no_valid_host_reason
+from .filters import (
+    DEFAULT_FILTERS,
+    Candidate,
+    NodeFilter,
+    best_candidates,
+    find_candidates,
+    no_valid_host_reason,
+)
 from .request import RequestSpec
 from .settings import SchedulerSettings
 from .weighers import DEFAULT_WEIGHERS, Weigher, rank
@@ -33,6 +40,10 @@ LOG = logging.getLogger(__name__)
 # rounds are plenty, and the bound keeps a node that flips between free and locked from
 # holding a worker forever.
 CLAIM_ROUNDS = 5
+
+#: Nodes the database hands back per round, best first: enough for the schedulers working
+#: at the same time to find a free one among them, few enough to cost little at any size.
+CANDIDATES_PER_ROUND = 50
 
 DEPLOY_FAILED = "deploy_failed"
 
@@ -187,15 +198,31 @@ class SchedulerManager:
             return
         LOG.info("instance %s: deploying on node %s", spec.instance_id, node_id)
 
+    def ranked_candidates(self, spec: RequestSpec) -> list[Candidate]:
+        """The nodes that pass the filters, best first (the weighers' order): the best
+        ``CANDIDATES_PER_ROUND`` ranked by the database when every weigher has an SQL
+        form, else all of them ranked here."""
+        weights = [weigher.sql_weight(spec) for weigher in self.weighers]
+        with self.db.session() as session:
+            if weights and all(weight is not None for weight in weights):
+                return best_candidates(
+                    session,
+                    spec,
+                    self.filters,
+                    [weight for weight in weights if weight is not None],
+                    CANDIDATES_PER_ROUND,
+                )
+            candidates = find_candidates(session, spec, self.filters)
+        return rank(candidates, spec, self.weighers, self.rng)
+
     def _claim_best(self, spec: RequestSpec) -> str | None:
         """The id of the node claimed for the instance; None when the instance no longer
         waits (deleted, or scheduled by a duplicate request). Raises NoValidHost."""
         for _ in range(CLAIM_ROUNDS):
-            with self.db.session() as session:
-                candidates = find_candidates(session, spec, self.filters)
+            candidates = self.ranked_candidates(spec)
             if not candidates:
                 break
-            for candidate in rank(candidates, spec, self.weighers, self.rng):
+            for candidate in candidates:
                 outcome = claim_node(self.db, spec.instance_id, candidate.id, self.notifier)
                 if outcome is ClaimOutcome.CLAIMED:
                     return candidate.id

@@ -10,6 +10,12 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, Float, case, cast, func
+from sqlmodel import col
+
+from libs.db import Node
 
 from .filters import Candidate
 from .request import RequestSpec
@@ -19,6 +25,12 @@ class Weigher(ABC):
     @abstractmethod
     def weights(self, candidates: Sequence[Candidate], spec: RequestSpec) -> list[float]:
         """One weight per candidate, in the candidates' order; higher is better."""
+
+    def sql_weight(self, spec: RequestSpec) -> ColumnElement[Any] | None:
+        """The same weight as an SQL expression on ``node`` among the filtered nodes (window
+        functions over them stand for "the candidates"), so the database can rank a large
+        estate and hand back only the best nodes; None: this weigher ranks in Python only."""
+        return None
 
 
 class BestFitWeigher(Weigher):
@@ -41,6 +53,18 @@ class BestFitWeigher(Weigher):
             -sum(s / top for s, top in zip(surplus, largest, strict=True) if top > 0) / 3
             for surplus in surpluses
         ]
+
+    def sql_weight(self, spec: RequestSpec) -> ColumnElement[Any]:
+        terms = []
+        for column, wanted in (
+            (Node.cpus, spec.cpus),
+            (Node.memory_mb, spec.memory_mb),
+            (Node.disk_gb, spec.disk_gb),
+        ):
+            surplus = cast(col(column) - wanted, Float)
+            largest = cast(func.max(col(column)).over() - wanted, Float)
+            terms.append(case((largest > 0, surplus / largest), else_=0.0))
+        return -(terms[0] + terms[1] + terms[2]) / 3
 
 
 DEFAULT_WEIGHERS: tuple[Weigher, ...] = (BestFitWeigher(),)

@@ -1,0 +1,246 @@
+"""What the scale benchmarks share: latency statistics, a bounded-concurrency burst of
+HTTP requests that times each one, peak RSS of processes, and facts about the machine."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+ROOT = Path(__file__).resolve().parents[2]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def timestamp(value: str) -> float:
+    """Seconds since the epoch of an ISO 8601 time as the APIs write them."""
+    parsed = dt.datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.timestamp()
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The ``q``-th percentile (0..100) by linear interpolation; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+@dataclass
+class Latencies:
+    """Wall-clock seconds of requests, and the ones that failed (status or exception)."""
+
+    seconds: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, seconds: float, failure: str | None = None) -> None:
+        with self._lock:
+            self.seconds.append(seconds)
+            if failure is not None:
+                self.failures.append(failure)
+
+    def extend(self, other: Latencies) -> None:
+        with self._lock:
+            self.seconds.extend(other.seconds)
+            self.failures.extend(other.failures)
+
+    def summary(self) -> dict[str, Any]:
+        p50, p99 = percentile(self.seconds, 50), percentile(self.seconds, 99)
+        return {
+            "requests": len(self.seconds),
+            "failed": len(self.failures),
+            "p50_ms": None if p50 is None else round(p50 * 1000, 1),
+            "p99_ms": None if p99 is None else round(p99 * 1000, 1),
+            "max_ms": round(max(self.seconds) * 1000, 1) if self.seconds else None,
+            "first_failures": self.failures[:3],
+        }
+
+
+def burst(
+    items: Iterable[T], request: Callable[[T], R], *, concurrency: int, latencies: Latencies
+) -> list[R | None]:
+    """Run ``request(item)`` for every item, ``concurrency`` at a time, timing each into
+    ``latencies``; a request that raises counts as failed and gives None."""
+
+    def timed(item: T) -> R | None:
+        started = time.perf_counter()
+        try:
+            result = request(item)
+        except Exception as exc:
+            latencies.add(time.perf_counter() - started, f"{type(exc).__name__}: {exc}"[:300])
+            return None
+        latencies.add(time.perf_counter() - started)
+        return result
+
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="burst") as pool:
+        return list(pool.map(timed, items))
+
+
+class Prober:
+    """One thread that times a cheap read every ``interval`` seconds while a burst runs, so
+    the figures say how the API answers a user who just looks while others write."""
+
+    def __init__(self, probe: Callable[[], object], interval: float = 0.1) -> None:
+        self.probe = probe
+        self.interval = interval
+        self.latencies = Latencies()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="prober", daemon=True)
+
+    def __enter__(self) -> Prober:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            started = time.perf_counter()
+            try:
+                self.probe()
+            except Exception as exc:
+                failure = f"{type(exc).__name__}: {exc}"[:300]
+                self.latencies.add(time.perf_counter() - started, failure)
+                continue
+            self.latencies.add(time.perf_counter() - started)
+
+
+def wait_until(
+    condition: Callable[[], Any], *, timeout: float, interval: float = 0.2, what: str
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; RuntimeError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(interval)
+    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+def _status_kib(pid: int, key: str) -> int | None:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def peak_rss_mib(pid: int) -> float | None:
+    """The process's peak resident set size so far (VmHWM), in MiB; None once it is gone."""
+    kib = _status_kib(pid, "VmHWM")
+    return None if kib is None else round(kib / 1024, 1)
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (children of children too)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text()
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time the process has used so far."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None
+
+
+def load_average() -> str:
+    with contextlib.suppress(OSError):
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return "unknown"
+
+
+def machine_facts() -> dict[str, str]:
+    """Hostname-free facts about the machine that ran the benchmark."""
+    facts: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                facts["CPU"] = line.split(":", 1)[1].strip()
+                break
+    facts["nproc"] = str(len(os.sched_getaffinity(0)))
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                facts["RAM"] = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+                break
+    facts["kernel"] = platform.release()
+    facts["Python"] = platform.python_version()
+    facts["load average at start"] = load_average()
+    return facts
+
+
+def fmt(value: Any, unit: str = "") -> str:
+    """A table cell: '-' for nothing, thousands separated, one decimal for floats."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        text = f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+    elif isinstance(value, int):
+        text = f"{value:,}"
+    else:
+        text = str(value)
+    return text + unit
+
+
+def text_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "| " + " | ".join(columns) + " |"
+    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"
+    return "\n".join([head, rule] + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def mean(values: Iterable[float]) -> float | None:
+    listed = list(values)
+    return statistics.fmean(listed) if listed else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from sqlmodel import col, update
 
 from libs.db import Instance, InstanceStatus, Node, PortBinding, PowerState, TaskState
@@ -116,3 +117,30 @@ def test_a_fenced_node_is_taken_back_by_managing_it(cloud: Cloud):
     cloud.api.do_provisioning_action(cloud.ctxt, node_id, "manage")
 
     cloud.settled(node_id, "manageable")
+
+
+def test_the_power_sync_takes_no_lock_on_a_node_whose_power_is_as_recorded(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+):
+    service = cloud.start_conductor()
+    node_id, _ = active_instance(cloud)
+    before = cloud.node(node_id)
+    taken: list[str] = []
+    tasks = service.manager.tasks
+    reserve = tasks._reserve
+
+    def spying(node: str, purpose: str, wait: float) -> None:
+        taken.append(purpose)
+        reserve(node, purpose, wait)
+
+    monkeypatch.setattr(tasks, "_reserve", spying)
+    service.manager.periodic.sync_power_states()
+    assert taken == []  # power on, recorded as on: read without the lock, nothing written
+    assert cloud.node(node_id).updated_at == before.updated_at
+
+    # The machine was switched off behind tetsu's back: that is recorded, under the lock.
+    info = {**before.driver_internal_info, "fake_power_state": "power off"}
+    set_node(cloud, node_id, driver_internal_info=info)
+    service.manager.periodic.sync_power_states()
+    assert taken == ["power sync"]
+    assert cloud.node(node_id).power_state == PowerState.OFF

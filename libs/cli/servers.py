@@ -75,9 +75,7 @@ def create(
         instance = api.instances.create(body)
         if wait:
             instance = _wait(ctx, api, instance, "ACTIVE", timeout, poll_interval)
-    print_resource(instance, fmt)
-    if instance.get("status") == "ERROR":
-        raise _failed(instance)
+    _show_outcome(instance, fmt)
 
 
 @app.command("list")
@@ -160,9 +158,7 @@ def rebuild(
         instance = api.instances.action(instance["id"], "rebuild", body)
         if wait:
             instance = _wait(ctx, api, instance, "ACTIVE", timeout, poll_interval)
-    print_resource(instance, fmt)
-    if instance.get("status") == "ERROR":
-        raise _failed(instance)
+    _show_outcome(instance, fmt)
 
 
 @app.command("evacuate")
@@ -191,9 +187,7 @@ def evacuate(
         instance = api.instances.action(instance["id"], "evacuate", {})
         if wait:
             instance = _wait(ctx, api, instance, "ACTIVE", timeout, poll_interval)
-    print_resource(instance, fmt)
-    if instance.get("status") == "ERROR":
-        raise _failed(instance)
+    _show_outcome(instance, fmt)
 
 
 @app.command("delete")
@@ -222,6 +216,13 @@ def delete(
     if instance.get("status") == "ERROR":
         raise _failed(instance)
     print_note(f"deleted server {instance.get('name', server)} ({instance['id']})")
+
+
+def _show_outcome(instance: Resource, fmt: OutputFormat) -> None:
+    """Print the server; a server in ERROR makes the command fail with its fault."""
+    print_resource(instance, fmt)
+    if instance.get("status") == "ERROR":
+        raise _failed(instance)
 
 
 def _wait(

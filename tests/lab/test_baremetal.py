@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import pytest
 
 from tests.integration.conftest import create_database, drop_database
 from tests.integration.stack import Stack, free_port, running_stack, wait_for
-from tests.lab.harness import Guest, Lab, boot_settings, lab
+from tests.lab.harness import LIBVIRT_URI, Guest, Lab, boot_settings, lab, run
 from tests.lab.images import make_marker_image
 
 pytestmark = pytest.mark.lab
@@ -293,6 +294,148 @@ def test_a_stopped_bmc_is_recorded_as_a_power_failure_and_nothing_stays_stuck(
             ),
             timeout=60,
             what="power off",
+        )
+
+
+def test_a_rebuild_with_a_new_image_boots_it_on_the_same_guest(
+    baremetal: Baremetal, tmp_path: Path
+) -> None:
+    old, new = "TETSU-LAB-REBUILD-OLD", "TETSU-LAB-REBUILD-NEW"
+    make_marker_image(tmp_path / "old.img", old, 4 * MiB)
+    make_marker_image(tmp_path / "new.img", new, 4 * MiB)
+    with baremetal.stack.client() as admin:
+        first = upload_image(admin, tmp_path / "old.img", "lab-rebuild-old")
+        second = upload_image(admin, tmp_path / "new.img", "lab-rebuild-new")
+        body = {
+            "name": "rebuilt",
+            "flavor": baremetal.flavor,
+            "image": first["id"],
+            "networks": [baremetal.network],
+        }
+        instance_id = ok(admin.post("/v1/instances", json=body), 202)["id"]
+        row = wait_for(
+            lambda: (r := instance(admin, instance_id))["status"] in ("ACTIVE", "ERROR") and r,
+            timeout=DEPLOY_TIMEOUT,
+            interval=1,
+            what="the instance ACTIVE",
+        )
+        assert row["status"] == "ACTIVE", row["fault"]
+        node_id = row["node_id"]
+        guest = baremetal.guest_of(node_id)
+        wait_for(console_shows(guest, 0, old), timeout=90, what=f"{old} on the console")
+        mark = guest.serial_mark()
+
+        ok(admin.post(f"/v1/instances/{instance_id}/rebuild", json={"image": second["id"]}))
+
+        row = wait_for(
+            lambda: (
+                (r := instance(admin, instance_id))["status"] in ("ACTIVE", "ERROR")
+                and r["task_state"] is None
+                and r
+            ),
+            timeout=DEPLOY_TIMEOUT,
+            interval=1,
+            what="the rebuilt instance ACTIVE",
+        )
+        assert row["status"] == "ACTIVE", row["fault"]
+        assert (row["node_id"], row["image_id"]) == (node_id, second["id"])
+        wait_for(console_shows(guest, mark, new), timeout=90, what=f"{new} on the console")
+        console = guest.serial_since(mark)
+        assert "tetsu-ramdisk:" in console  # the ramdisk wrote the new image
+        assert old not in console
+    baremetal.shared["rebuilt"] = instance_id
+
+
+def test_evacuating_a_dead_guests_instance_brings_it_up_on_the_other(
+    baremetal: Baremetal,
+) -> None:
+    """The guest is gone (its BMC stopped, its domain destroyed): the admin evacuates its
+    instance, which becomes ACTIVE on the other guest with the same name and network; the
+    dead node is fenced (ports cut off, maintenance). Then it is repaired and taken back."""
+    instance_id = baremetal.shared.get("rebuilt")
+    assert instance_id, "runs after the rebuild test"
+    with baremetal.stack.client() as admin:
+        before = instance(admin, instance_id)
+        dead_id = before["node_id"]
+        dead = baremetal.guest_of(dead_id)
+        other = next(g for n, g in baremetal.guests.items() if n != dead_id)
+        mark = other.serial_mark()
+        baremetal.lab.stop_bmc(dead)
+        try:
+            run("virsh", "-c", LIBVIRT_URI, "destroy", dead.name, check=False)
+            # The power sync finds the BMC silent; only then is the node evacuable.
+            wait_for(
+                lambda: "power state sync" in (node(admin, dead_id)["last_error"] or ""),
+                timeout=90,
+                interval=1,
+                what="the power sync to find the BMC gone",
+            )
+            started = time.monotonic()
+            ok(admin.post(f"/v1/instances/{instance_id}/evacuate"))
+            row = wait_for(
+                lambda: (
+                    (r := instance(admin, instance_id))["status"] in ("ACTIVE", "ERROR")
+                    and r["task_state"] is None
+                    and r["node_id"] != dead_id
+                    and r
+                ),
+                timeout=DEPLOY_TIMEOUT,
+                interval=0.5,
+                what="the evacuated instance ACTIVE",
+            )
+            took = time.monotonic() - started
+            assert row["status"] == "ACTIVE", row["fault"]
+            assert row["node_id"] in baremetal.guests and row["node_id"] != dead_id
+            assert (row["id"], row["name"]) == (instance_id, before["name"])
+            assert row["network_ids"] == before["network_ids"]
+            wait_for(
+                console_shows(other, mark, "TETSU-LAB-REBUILD-NEW"),
+                timeout=90,
+                what="the image's marker on the other guest",
+            )
+            fenced = node(admin, dead_id)
+            assert (fenced["provision_state"], fenced["maintenance"]) == ("error", True)
+            assert fenced["instance_id"] is None
+            assert "not powered off" in fenced["maintenance_reason"]  # its BMC was gone
+            ports = ok(admin.get("/v1/ports", params={"node_id": dead_id}), 200)["ports"]
+            assert [p["binding"] for p in ports] == ["none"]
+            print(f"evacuate -> ACTIVE on the other guest: {took:.1f} s")
+        finally:
+            baremetal.lab.start_bmc(dead)
+        # Repaired: back under management, cleaned, available; the instance deleted.
+        ok(admin.delete(f"/v1/instances/{instance_id}"), 202)
+        # (409 while the power sync holds the node for a moment: asked again.)
+        wait_for(
+            lambda: admin.patch(f"/v1/nodes/{dead_id}", json={"maintenance": False}).is_success,
+            timeout=30,
+            what="maintenance off",
+        )
+        wait_for(
+            lambda: (
+                admin.put(
+                    f"/v1/nodes/{dead_id}/states/provision", json={"target": "manage"}
+                ).is_success
+            ),
+            timeout=30,
+            what="manage accepted",
+        )
+        wait_for(
+            lambda: all_nodes_in(admin, [dead_id], "manageable"), timeout=90, what="manageable"
+        )
+        wait_for(
+            lambda: (
+                admin.put(
+                    f"/v1/nodes/{dead_id}/states/provision", json={"target": "provide"}
+                ).is_success
+            ),
+            timeout=30,
+            what="provide accepted",
+        )
+        wait_for(
+            lambda: all_nodes_in(admin, baremetal.guests, "available"),
+            timeout=DEPLOY_TIMEOUT,
+            interval=1,
+            what="both guests available again",
         )
 
 

@@ -92,6 +92,7 @@ class APIClient:
         self.networks = Collection(self, "networks", "network")
         self.nodes = Nodes(self, "nodes", "node", names_in_path=True)
         self.ports = Ports(self, "ports", "port")
+        self.hypervisors = Collection(self, "hypervisors", "hypervisor", names_in_path=True)
         self.instances = Collection(self, "instances", "server")
 
     def request(

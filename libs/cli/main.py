@@ -13,7 +13,20 @@ from rich.table import Table
 
 from libs import rpc
 
-from . import demo, flavors, images, login, networks, nodes, ops, ports, projects, servers, users
+from . import (
+    demo,
+    flavors,
+    hypervisors,
+    images,
+    login,
+    networks,
+    nodes,
+    ops,
+    ports,
+    projects,
+    servers,
+    users,
+)
 from .session import parse_pairs
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672//"
@@ -38,6 +51,7 @@ app.add_typer(images.app, name="image")
 app.add_typer(flavors.app, name="flavor")
 app.add_typer(networks.app, name="network")
 app.add_typer(nodes.app, name="node")
+app.add_typer(hypervisors.app, name="hypervisor")
 app.add_typer(ports.app, name="port")
 app.add_typer(projects.app, name="project")
 app.add_typer(users.app, name="user")

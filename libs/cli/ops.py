@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError
 from libs.config import CommonSettings, ConfigFileError
 from libs.db import SchemaMissing, upgrade
 from libs.log import setup_logging
+from services.conductor.hypervisor import CapacityUnknown
 
 from .client import APIError
 from .demo_cloud import (
@@ -52,6 +53,8 @@ def startup_errors() -> Iterator[None]:
         raise _fail(str(exc)) from None
     except OperationalError as exc:
         raise _fail(f"cannot use the database: {exc.orig or exc}") from None
+    except CapacityUnknown as exc:
+        raise _fail(f"cannot read this hypervisor's capacity: {exc}") from None
     except OSError as exc:
         raise _fail(f"cannot start: {exc}") from None
 

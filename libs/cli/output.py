@@ -88,6 +88,19 @@ NODE_COLUMNS = (
     column("maintenance"),
     column("instance_id", "instance"),
 )
+HYPERVISOR_COLUMNS = (
+    column("name"),
+    column("conductor"),
+    column("alive"),
+    column("resource_class", "resource class"),
+    column("vm_nodes", "VMs"),
+    column("free.vcpus", "free vCPUs"),
+    column("free.memory_mb", "free MiB"),
+    column("free.disk_gb", "free GiB"),
+    column("capacity.vcpus", "vCPUs"),
+    column("capacity.memory_mb", "MiB"),
+    column("capacity.disk_gb", "GiB"),
+)
 PORT_COLUMNS = (
     column("id"),
     column("address"),

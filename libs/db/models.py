@@ -181,10 +181,48 @@ class Node(SQLModel, table=True):
     # The instance this node is claimed for (set by the scheduler's atomic claim).
     instance_id: str | None = Field(default=None, index=True, max_length=36)
     last_error: str | None = Field(default=None, max_length=4000)
+    # A VM node the scheduler made on a hypervisor for one instance (deleted after its
+    # cleaning, which gives the capacity back); None for enrolled nodes.
+    hypervisor_id: str | None = Field(
+        default=None, foreign_key="hypervisor.id", index=True, max_length=36
+    )
+    # The conductor that must manage this node (a VM's disk is on its hypervisor), or
+    # None: the hash ring chooses.
+    pinned_conductor: str | None = Field(default=None, max_length=255)
     created_at: datetime = Field(
         default_factory=utcnow, sa_type=DateTime(timezone=True), nullable=False
     )
     updated_at: datetime = Field(
+        default_factory=utcnow, sa_type=DateTime(timezone=True), nullable=False
+    )
+
+
+class Hypervisor(SQLModel, table=True):
+    """A host whose conductor runs VM nodes: the capacity it reports, which the
+    scheduler carves VM nodes out of (each VM node holds its cpus/memory/disk)."""
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    name: str = Field(unique=True, index=True, max_length=255)
+    # The conductor on this host: it manages every VM node made here.
+    conductor: str = Field(max_length=255)
+    # The resource class of the VM nodes made here (flavors of this class get them).
+    resource_class: str = Field(index=True, max_length=80)
+    # Schedulable capacity: the host's resources times the allocation ratios, less
+    # what is reserved for the host itself.
+    vcpus: int = Field(default=0, ge=0)
+    memory_mb: int = Field(default=0, ge=0)
+    disk_gb: int = Field(default=0, ge=0)
+    # Where the VMs' NICs go: the Open vSwitch bridge and its datapath id.
+    bridge: str = Field(max_length=255)
+    switch_id: str | None = Field(default=None, max_length=64)
+    libvirt_uri: str = Field(default="qemu:///system", max_length=255)
+    # Bumped by every claim of capacity: the claims on one hypervisor run one at a time.
+    generation: int = Field(default=0, ge=0)
+    # When its conductor last reported (a hypervisor not heard from is not scheduled to).
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_type=DateTime(timezone=True), nullable=False
+    )
+    created_at: datetime = Field(
         default_factory=utcnow, sa_type=DateTime(timezone=True), nullable=False
     )
 

@@ -359,6 +359,12 @@ class NodePublic(BaseModel):
     reservation: str | None
     instance_id: str | None
     last_error: str | None
+    hypervisor_id: str | None = Field(
+        description="The hypervisor of a VM node the scheduler made on demand (else null)"
+    )
+    pinned_conductor: str | None = Field(
+        description="The only conductor that manages this node (a VM's), else null"
+    )
     created_at: UTCDateTime
     updated_at: UTCDateTime
 
@@ -385,6 +391,8 @@ class NodePublic(BaseModel):
             reservation=row.reservation,
             instance_id=row.instance_id,
             last_error=row.last_error,
+            hypervisor_id=row.hypervisor_id,
+            pinned_conductor=row.pinned_conductor,
             created_at=row.created_at,
             updated_at=row.updated_at,
         )
@@ -521,6 +529,36 @@ class ConductorPublic(BaseModel):
 
 class ConductorList(BaseModel):
     conductors: list[ConductorPublic]
+    next_marker: str | None
+
+
+class HypervisorResources(BaseModel):
+    vcpus: int
+    memory_mb: int
+    disk_gb: int
+
+
+class HypervisorPublic(BaseModel):
+    id: str
+    name: str
+    conductor: str = Field(description="The conductor on this host; it manages its VM nodes")
+    alive: bool = Field(description="Whether that conductor heartbeats (else no VM is made here)")
+    resource_class: str = Field(description="Flavors of this class get VM nodes made here")
+    capacity: HypervisorResources = Field(
+        description="Schedulable: the host's resources times the allocation ratios, less "
+        "what is reserved for the host"
+    )
+    used: HypervisorResources = Field(description="Held by the VM nodes on it")
+    free: HypervisorResources
+    vm_nodes: int = Field(description="VM nodes on it now (any state)")
+    bridge: str
+    switch_id: str | None
+    updated_at: UTCDateTime = Field(description="When its conductor last reported")
+    created_at: UTCDateTime
+
+
+class HypervisorList(BaseModel):
+    hypervisors: list[HypervisorPublic]
     next_marker: str | None
 
 

@@ -69,6 +69,8 @@ class Cleaning:
         node.instance_id = None
         task.save()
         instances.mark_deleted(self.db, instance_id, self.notifier)
+        if node.hypervisor_id is not None:
+            task.retire()
 
     def delete(self, task: Task) -> None:
         """The operator's ``delete``: tear down and clean a failed (or active) node."""
@@ -167,3 +169,5 @@ class Cleaning:
         node.instance_id = None
         steps.set_last_error(task, None)
         task.process_event(Event.DONE)
+        if node.hypervisor_id is not None:
+            task.retire()  # made for one instance: its room goes back to the hypervisor

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 REPLICAS = 64  # points per conductor on the ring: evens out the share each one gets
 
@@ -18,14 +18,27 @@ def _point(key: str) -> int:
 
 
 class HashRing:
-    def __init__(self, hosts: Iterable[str], replicas: int = REPLICAS) -> None:
+    """The ring over ``hosts``; ``pins`` maps the ids of nodes that only one conductor
+    can manage (a VM node: its hypervisor's) to that conductor, whatever the ring says."""
+
+    def __init__(
+        self,
+        hosts: Iterable[str],
+        replicas: int = REPLICAS,
+        pins: Mapping[str, str] | None = None,
+    ) -> None:
         self.hosts = frozenset(hosts)
+        self.pins: Mapping[str, str] = dict(pins or {})
         ring = sorted((_point(f"{host}#{i}"), host) for host in self.hosts for i in range(replicas))
         self._points = [point for point, _ in ring]
         self._owners = [host for _, host in ring]
 
     def owner(self, key: str) -> str:
-        """The host that owns ``key``. Raises LookupError when the ring is empty."""
+        """The host that owns ``key``: its pin if it has one (live or not), else the
+        ring's choice. Raises LookupError when the ring is empty."""
+        pinned = self.pins.get(key)
+        if pinned is not None:
+            return pinned
         if not self._points:
             raise LookupError("no live conductor")
         index = bisect.bisect(self._points, _point(key)) % len(self._points)

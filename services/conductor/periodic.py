@@ -28,7 +28,7 @@ from .deployments import Deployments
 from .evacuation import Evacuations
 from .hashring import HashRing
 from .redrive import Redrive
-from .rpcapi import live_conductors
+from .rpcapi import live_ring
 from .settings import ConductorSettings
 from .states import ProvisionState
 from .takeover import TakeOver
@@ -139,7 +139,7 @@ class PeriodicTasks:
             LOG.error("another conductor registered hostname %s at the same time", self.hostname)
 
     def ring(self) -> HashRing:
-        return HashRing(live_conductors(self.db, self.settings.conductor_heartbeat_timeout))
+        return live_ring(self.db, self.settings.conductor_heartbeat_timeout)
 
     def take_over(self, *, at_start: bool = False, ring: HashRing | None = None) -> int:
         """Fail the owned nodes whose work died with its conductor. At start, the work this

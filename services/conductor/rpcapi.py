@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlmodel import col, select
 
-from libs.db import Conductor, Database, utcnow
+from libs.db import Conductor, Database, Node, utcnow
 from libs.errors import RPC_ERRORS, NoLiveConductor
 from libs.rpc import RequestContext, RPCClient, Target, Transport
 
@@ -35,6 +35,24 @@ def live_conductors(db: Database, heartbeat_timeout: float) -> list[str]:
     return sorted(rows)
 
 
+def pinned_nodes(db: Database) -> dict[str, str]:
+    """The nodes only one conductor may manage (VM nodes), and that conductor."""
+    with db.session() as session:
+        rows = session.exec(
+            select(Node.id, Node.pinned_conductor).where(col(Node.pinned_conductor).is_not(None))
+        ).all()
+    return {node_id: host for node_id, host in rows if host is not None}
+
+
+def live_ring(db: Database, heartbeat_timeout: float) -> HashRing:
+    """The ring over the live conductors, with every pinned node's conductor."""
+    return HashRing(live_conductors(db, heartbeat_timeout), pins=pinned_nodes(db))
+
+
+#: Pins remembered per ConductorAPI: a node's pin never changes, so nothing goes stale.
+PIN_CACHE_SIZE = 100_000
+
+
 class ConductorAPI:
     #: 1.1: rebuild_node, evacuate_node.
     RPC_API_VERSION = "1.1"
@@ -49,6 +67,7 @@ class ConductorAPI:
     ) -> None:
         self.db = db
         self.heartbeat_timeout = heartbeat_timeout
+        self._pins: dict[str, str | None] = {}
         self.client = RPCClient(
             transport,
             Target(TOPIC, version=self.RPC_API_VERSION),
@@ -67,8 +86,30 @@ class ConductorAPI:
         return ring
 
     def owner_of(self, node_id: str) -> str:
-        """The hostname of the conductor that owns ``node_id`` now."""
-        return self.ring_or_raise().owner(node_id)
+        """The hostname of the conductor that owns ``node_id`` now: its pinned conductor
+        (NoLiveConductor when that one is not running), else the ring's choice."""
+        pinned = self._pin_of(node_id)
+        if pinned is None:
+            return self.ring_or_raise().owner(node_id)
+        if pinned not in self.ring().hosts:
+            raise NoLiveConductor(
+                f"node {node_id} is managed by conductor {pinned} only, which is not running"
+            )
+        return pinned
+
+    def _pin_of(self, node_id: str) -> str | None:
+        if node_id in self._pins:
+            return self._pins[node_id]
+        with self.db.session() as session:
+            row = session.exec(
+                select(Node.id, Node.pinned_conductor).where(col(Node.id) == node_id)
+            ).first()
+        if row is None:
+            return None  # not remembered: the node may be made later (and then pinned)
+        if len(self._pins) >= PIN_CACHE_SIZE:
+            self._pins.clear()
+        self._pins[node_id] = row[1]
+        return row[1]
 
     def _to_owner(self, node_id: str, version: str = "1.0") -> RPCClient:
         return self.client.prepare(server=self.owner_of(node_id), version=version)

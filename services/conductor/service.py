@@ -14,6 +14,7 @@ from libs.notify import sweep_events
 from libs.rpc import RPCServer, Target, Transport
 
 from .bootserver import BootServer
+from .hypervisor import HypervisorReport
 from .manager import ConductorManager
 from .rpcapi import TOPIC
 from .settings import ConductorSettings
@@ -41,6 +42,8 @@ class ConductorService:
         self.metrics = MetricsServer(
             settings.metrics_host, settings.metrics_port, ServiceRegistry(db)
         )
+        #: A hypervisor host reports the capacity its VM nodes are made from.
+        self.hypervisor = HypervisorReport(settings, db) if settings.hypervisor else None
         self._sweep_stop = threading.Event()
         self._sweeper: threading.Thread | None = None
 
@@ -55,6 +58,8 @@ class ConductorService:
         try:
             periodic.heartbeat()
             joined = True
+            if self.hypervisor is not None:
+                self.hypervisor.report()
             failed = periodic.take_over(at_start=True)
             if failed:
                 LOG.warning("took over %d node(s) whose conductor had died", failed)

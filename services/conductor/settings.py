@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from libs.config import CommonSettings, default_hostname
 
@@ -145,6 +145,51 @@ class ConductorSettings(CommonSettings):
         default="kvm",
         description="libvirt domain type of VM nodes: kvm, or qemu (software emulation, no KVM)",
     )
+    hypervisor: bool = Field(
+        default=False,
+        description=(
+            "This host runs VM nodes made on demand: the conductor reports the host's "
+            "capacity and the scheduler carves VM nodes out of it (enables the libvirt, "
+            "virtual and image interfaces; needs vm_bridge)"
+        ),
+    )
+    hypervisor_name: str | None = Field(
+        default=None, description="The hypervisor's name in the API (default: the hostname)"
+    )
+    hypervisor_resource_class: str = Field(
+        default="vm", description="Resource class of the VM nodes made on this hypervisor"
+    )
+    vm_bridge: str | None = Field(
+        default=None, description="Open vSwitch bridge the on-demand VMs' NICs join"
+    )
+    vm_switch_id: str | None = Field(
+        default=None,
+        description="Datapath id of vm_bridge (default: read with ovs-vsctl at start)",
+    )
+    vm_libvirt_uri: str = Field(
+        default="qemu:///system", description="libvirt URI of the on-demand VMs"
+    )
+    vm_vcpus: int | None = Field(
+        default=None, ge=0, description="Host CPUs offered to VMs (default: virsh nodeinfo)"
+    )
+    vm_memory_mb: int | None = Field(
+        default=None, ge=0, description="Host memory offered to VMs (default: virsh nodeinfo)"
+    )
+    vm_disk_gb: int | None = Field(
+        default=None, ge=0, description="Disk offered to VMs (default: the size of vm_root's disk)"
+    )
+    vm_cpu_allocation_ratio: float = Field(
+        default=4.0, gt=0, description="Virtual CPUs scheduled per host CPU"
+    )
+    vm_ram_allocation_ratio: float = Field(
+        default=1.0, gt=0, description="VM memory scheduled per MiB of host memory"
+    )
+    vm_reserved_memory_mb: int = Field(
+        default=512, ge=0, description="Host memory kept back from VMs (for the host itself)"
+    )
+    vm_reserved_disk_gb: int = Field(
+        default=0, ge=0, description="Disk under vm_root kept back from VMs"
+    )
     vm_csum_offload: bool = Field(
         default=True,
         description=(
@@ -152,3 +197,19 @@ class ConductorSettings(CommonSettings):
             "where nothing fills them in and TCP fails)"
         ),
     )
+
+    @model_validator(mode="after")
+    def _hypervisor_interfaces(self) -> ConductorSettings:
+        """A hypervisor manages its VM nodes with libvirt, virtual and image."""
+        if self.hypervisor:
+            if not self.vm_bridge:
+                raise ValueError("hypervisor = true needs vm_bridge (the VMs' bridge)")
+            for interfaces, name in (
+                (self.enabled_power_interfaces, "libvirt"),
+                (self.enabled_management_interfaces, "libvirt"),
+                (self.enabled_boot_interfaces, "virtual"),
+                (self.enabled_deploy_interfaces, "image"),
+            ):
+                if name not in interfaces:
+                    interfaces.append(name)
+        return self

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import delete
 from sqlmodel import Session, col, select, update
 
 from libs import metrics
@@ -129,6 +130,8 @@ class Task:
         self._spawn: tuple[Work, tuple[Any, ...]] | None = None
         #: Failures to publish with the next save: (action, reason).
         self._errors: list[tuple[str, str]] = []
+        #: The node was deleted (:meth:`retire`).
+        self.retired = False
 
     @property
     def hostname(self) -> str:
@@ -192,9 +195,33 @@ class Task:
         with the next :meth:`save`; ``reason`` must be scrubbed of credentials already."""
         self._errors.append((action, reason))
 
+    def retire(self) -> None:
+        """Delete the node and its ports (a VM node made on demand whose cleaning is
+        done: its room on the hypervisor is free again). Later saves do nothing.
+        NodeLocked if this task lost the lock."""
+        self._check_exclusive()
+        self.save()
+        with self.manager.db.session() as session:
+            session.exec(delete(Port).where(col(Port.node_id) == self.node.id))
+            result = session.exec(
+                delete(Node).where(
+                    col(Node.id) == self.node.id, col(Node.reservation) == self.hostname
+                )
+            )
+            if result.rowcount != 1:
+                session.rollback()
+                raise NodeLocked(
+                    f"node {self.node.id} is no longer locked by conductor {self.hostname}"
+                )
+            self.manager.notifier.node(session, self.node, "delete", Phase.END)
+        self.retired = True
+        LOG.info("node %s: deleted (its VM's room on the hypervisor is free)", self.node.id)
+
     def save(self) -> None:
         """Write the node's changed columns. NodeLocked if this task lost the lock."""
         self._check_exclusive()
+        if self.retired:
+            return
         changes = {
             name: copy.deepcopy(getattr(self.node, name))
             for name in SAVED_FIELDS

@@ -11,10 +11,10 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from sqlalchemy import not_, update
-from sqlmodel import col
+from sqlalchemy import delete, not_, update
+from sqlmodel import col, select
 
-from libs.db import Database, Instance, InstanceStatus, Node, TaskState, utcnow
+from libs.db import Database, Instance, InstanceStatus, Node, Port, TaskState, utcnow
 from libs.notify import Notifier, Phase
 from services.conductor.states import ProvisionState
 
@@ -121,6 +121,19 @@ def release_claim(
         if instance.rowcount != 1:
             return False
         notifier.instance_by_id(session, instance_id, "create", Phase.ERROR)
+        # A VM node made for this instance alone (nothing on it yet) goes away again.
+        made_for_it = (
+            col(Node.id) == node_id,
+            col(Node.hypervisor_id).is_not(None),
+            col(Node.instance_id).is_(None),
+            col(Node.reservation).is_(None),
+        )
+        session.exec(
+            delete(Port).where(
+                col(Port.node_id) == node_id, select(col(Node.id)).where(*made_for_it).exists()
+            )
+        )
+        session.exec(delete(Node).where(*made_for_it))
         return True
 
 

@@ -30,6 +30,7 @@ from .filters import (
     find_candidates,
     no_valid_host_reason,
 )
+from .hypervisors import claim_vm, hypervisor_reason
 from .request import RequestSpec
 from .settings import SchedulerSettings
 from .weighers import DEFAULT_WEIGHERS, Weigher, rank
@@ -229,5 +230,15 @@ class SchedulerManager:
                 if outcome is ClaimOutcome.INSTANCE_GONE:
                     return None
                 LOG.debug("instance %s: node %s taken meanwhile", spec.instance_id, candidate.id)
+        # No enrolled node: a VM node made on a hypervisor of the flavor's class, if any.
+        outcome, node_id = claim_vm(
+            self.db, spec, self.settings.conductor_heartbeat_timeout, self.notifier
+        )
+        if outcome is ClaimOutcome.CLAIMED:
+            return node_id
+        if outcome is ClaimOutcome.INSTANCE_GONE:
+            return None
         with self.db.session() as session:
-            raise NoValidHost(no_valid_host_reason(session, spec, self.filters))
+            reason = no_valid_host_reason(session, spec, self.filters)
+            vms = hypervisor_reason(session, spec)
+        raise NoValidHost(reason if vms is None else f"{reason}; {vms}")

@@ -451,6 +451,9 @@ def isolation_attempts(o: dict[str, str]) -> list[Attempt]:
     return [
         a("GET", "/healthz", "/healthz", 200),
         a("GET", "/v1/conductors", "/v1/conductors", 403),
+        a("GET", "/v1/hypervisors", "/v1/hypervisors", 403),
+        a("GET", "/v1/hypervisors/{hypervisor_ref}", "/v1/hypervisors/hv-x", 403),
+        a("DELETE", "/v1/hypervisors/{hypervisor_ref}", "/v1/hypervisors/hv-x", 403),
         # Events are a project's: another's never show (the stream, outside the OpenAPI
         # document, is checked by tests/integration/test_events.py).
         a("GET", "/v1/events", "/v1/events", 200, absent=o["instance"]),

@@ -11,7 +11,7 @@ import pytest
 from sqlmodel import select
 
 from libs import rpc
-from libs.db import Database, Instance, InstanceStatus, Node
+from libs.db import Database, Hypervisor, Instance, InstanceStatus, Node
 from services.scheduler.claims import ClaimOutcome, claim_node
 from services.scheduler.manager import SchedulerManager
 from services.scheduler.settings import SchedulerSettings
@@ -120,3 +120,51 @@ def test_n_instances_scheduled_at_once_get_n_distinct_nodes(databases):
     with db.session() as session:
         statuses = session.exec(select(Instance.status, Instance.attempts)).all()
     assert set(statuses) == {(InstanceStatus.BUILD, 1)}
+
+
+def test_schedulers_racing_for_a_hypervisors_room_never_overcommit_it(databases):
+    """Two hypervisors with room for 3 and 2 VMs, 12 instances scheduled at once by two
+    schedulers on two engines: exactly 5 VM nodes are made, none beyond a room, and the
+    other instances say there is no room."""
+    db, other_db = databases
+    estate = Estate(db)
+    flavor = estate.flavor("vm.small", resource_class="vm", cpus=2, memory_mb=1024, disk_gb=5)
+    rooms = {}
+    with db.session() as session:
+        for name, vcpus in (("hv-a", 6), ("hv-b", 4)):
+            row = Hypervisor(
+                name=name,
+                conductor="cond-1",
+                resource_class="vm",
+                vcpus=vcpus,
+                memory_mb=64_000,
+                disk_gb=500,
+                bridge="br-vm",
+            )
+            session.add(row)
+            rooms[row.id] = vcpus // 2
+    instances = [estate.instance(flavor, name=f"vm{i}").id for i in range(12)]
+    transport = rpc.MemoryTransport()
+    settings = SchedulerSettings(hostname="sched", max_attempts=1)
+    managers = [
+        SchedulerManager(settings, db, transport),
+        SchedulerManager(settings, other_db, transport),
+    ]
+
+    with running_conductor(transport, estate) as conductor:
+        run_together(
+            [
+                functools.partial(managers[i % 2].schedule_instance, CTXT, instance_id)
+                for i, instance_id in enumerate(instances)
+            ]
+        )
+        wait_for(lambda: len(conductor.deploys) == 5, timeout=30)
+
+    with db.session() as session:
+        made = session.exec(select(Node.hypervisor_id, Node.instance_id)).all()
+        statuses = session.exec(select(Instance.status, Instance.fault)).all()
+    assert {hv: sum(1 for h, _ in made if h == hv) for hv in rooms} == rooms
+    assert {instance for _, instance in made} == {i for _, i in conductor.deploys}
+    refused = [fault for status, fault in statuses if status == InstanceStatus.ERROR]
+    assert len(refused) == 7
+    assert all("no room for a VM of 2 vCPU(s)" in fault["message"] for fault in refused)

@@ -108,6 +108,14 @@ def isolated(
                     "TETSU_VM_ROOT": str(workdir / "vms"),
                     "TETSU_VM_CSUM_OFFLOAD": "false",  # OVS's userspace datapath
                     "TETSU_VM_DOMAIN_TYPE": "qemu",  # no working KVM here
+                    # This host is also a hypervisor with room for one 1-vCPU VM made on
+                    # demand (its memory and disk as libvirt and the disk report them).
+                    "TETSU_HYPERVISOR": "true",
+                    "TETSU_HYPERVISOR_RESOURCE_CLASS": "vm-demand",
+                    "TETSU_VM_BRIDGE": the_lab.bridge,
+                    "TETSU_VM_SWITCH_ID": the_lab.datapath_id,
+                    "TETSU_VM_VCPUS": "1",
+                    "TETSU_VM_CPU_ALLOCATION_RATIO": "1",
                 }
             )
             with running_stack(
@@ -439,6 +447,85 @@ def test_the_same_image_runs_as_a_vm_in_its_tenant_network(isolated: IsolatedLab
     finally:
         run("virsh", "-c", "qemu:///system", "destroy", f"tetsu-{node_id}", check=False)
         run("virsh", "-c", "qemu:///system", "undefine", f"tetsu-{node_id}", check=False)
+
+
+def test_vms_are_made_on_demand_within_the_hypervisors_room(isolated: IsolatedLab) -> None:
+    """The lab host's conductor reports its room (one vCPU; its memory and disk as
+    libvirt and the disk say): a member's instance of the hypervisor's class gets a VM
+    node made for it that boots the probe image; a second finds no room (a clear
+    no_valid_host); deleting the first deletes its node and gives the room back."""
+    shared = isolated.shared
+    assert shared, "runs after the bare-metal test"
+    vm_root = Path(isolated.stack.env["TETSU_VM_ROOT"])
+    alpha = isolated.tenants["alpha"]
+    with isolated.stack.client() as admin:
+        [hypervisor] = ok(admin.get("/v1/hypervisors"), 200)["hypervisors"]
+        assert (hypervisor["alive"], hypervisor["resource_class"]) == (True, "vm-demand")
+        assert hypervisor["bridge"] == isolated.lab.bridge
+        assert hypervisor["capacity"]["vcpus"] == 1
+        assert hypervisor["capacity"]["memory_mb"] > 1024  # this host's, less 512 reserved
+        assert hypervisor["capacity"]["disk_gb"] > 0
+        assert hypervisor["free"] == hypervisor["capacity"]
+        flavor = {"name": "vm.demand", "resource_class": "vm-demand", "cpus": 1}
+        ok(admin.post("/v1/flavors", json=flavor | {"memory_mb": 256, "disk_gb": 0}), 201)
+    made: list[str] = []
+    try:
+        with isolated.stack.client(alpha.token) as member:
+            # A network of its own: the VM's address (from its random MAC) meets no guest.
+            network = ok(member.post("/v1/networks", json={"name": "alpha-vms"}), 201)
+            body = {
+                "flavor": "vm.demand",
+                "image": shared["image"],
+                "networks": [network["id"]],
+            }
+            first = ok(member.post("/v1/instances", json=body | {"name": "vm-a"}), 202)["id"]
+            row = wait_for(
+                lambda: _settled(member, first),
+                timeout=DEPLOY_TIMEOUT,
+                interval=1,
+                what="the on-demand VM ACTIVE",
+            )
+            assert row["status"] == "ACTIVE", row["fault"]
+            second = ok(member.post("/v1/instances", json=body | {"name": "vm-b"}), 202)["id"]
+            refused = wait_for(
+                lambda: _settled(member, second), timeout=60, interval=0.5, what="vm-b settled"
+            )
+            assert refused["status"] == "ERROR"
+            assert refused["fault"]["code"] == "no_valid_host"
+            assert "no room for a VM of 1 vCPU(s), 256 MiB" in refused["fault"]["message"]
+        with isolated.stack.client() as admin:
+            node_id = instance(admin, first)["node_id"]
+            made.append(node_id)
+            node = ok(admin.get(f"/v1/nodes/{node_id}"), 200)
+            assert (node["hypervisor_id"], node["resource_class"]) == (
+                hypervisor["id"],
+                "vm-demand",
+            )
+            shown = ok(admin.get(f"/v1/hypervisors/{hypervisor['name']}"), 200)
+            assert (shown["vm_nodes"], shown["free"]["vcpus"]) == (1, 0)
+        vm = _Console(vm_root / f"{node_id}.console.log")
+        wait_for(
+            lambda: "tetsu-probe isolation up" in vm.text(),
+            timeout=180,
+            what="the probe image up in the on-demand VM",
+        )
+        with isolated.stack.client(alpha.token) as member:
+            ok(member.delete(f"/v1/instances/{first}"), 202)
+            ok(member.delete(f"/v1/instances/{second}"), 202)
+        with isolated.stack.client() as admin:
+            wait_for(
+                lambda: admin.get(f"/v1/nodes/{node_id}").status_code == 404,
+                timeout=120,
+                what="the on-demand VM node deleted",
+            )
+            shown = ok(admin.get(f"/v1/hypervisors/{hypervisor['name']}"), 200)
+            assert (shown["vm_nodes"], shown["free"]) == (0, shown["capacity"])
+        assert not (vm_root / f"{node_id}.img").exists()
+        assert _domain_state(node_id) == "undefined"
+    finally:
+        for node_id in made:
+            run("virsh", "-c", "qemu:///system", "destroy", f"tetsu-{node_id}", check=False)
+            run("virsh", "-c", "qemu:///system", "undefine", f"tetsu-{node_id}", check=False)
 
 
 @dataclass

@@ -88,6 +88,9 @@ def test_member_is_forbidden_admin_routes(client, alice):
         ("GET", "/v1/projects"),
         ("GET", "/v1/users"),
         ("GET", "/v1/conductors"),
+        ("GET", "/v1/hypervisors"),
+        ("GET", "/v1/hypervisors/hv-1"),
+        ("DELETE", "/v1/hypervisors/hv-1"),
         ("POST", "/v1/flavors"),
     ]:
         response = client.request(method, path, headers=alice.headers, json={})

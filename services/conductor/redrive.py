@@ -105,6 +105,9 @@ class Redrive:
                     col(Node.reservation).is_(None),
                     col(Instance.status) == InstanceStatus.BUILD,
                     col(Instance.node_id) == col(Node.id),
+                    # Only the old ones: a burst's thousand fresh claims stay in the database.
+                    col(Node.updated_at) < cutoff,
+                    col(Instance.updated_at) < cutoff,
                 )
             ).all()
         started = 0
@@ -148,6 +151,8 @@ class Redrive:
                     col(Instance.status) == InstanceStatus.DELETING,
                     col(Node.provision_state).in_([state.value for state in TEAR_DOWN_FROM]),
                     col(Node.reservation).is_(None),
+                    col(Node.updated_at) < cutoff,
+                    col(Instance.updated_at) < cutoff,
                 )
             ).all()
         started = 0

@@ -9,6 +9,8 @@ set_power_state, validate_node.
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -49,6 +51,10 @@ def live_ring(db: Database, heartbeat_timeout: float) -> HashRing:
     return HashRing(live_conductors(db, heartbeat_timeout), pins=pinned_nodes(db))
 
 
+#: Seconds a ConductorAPI keeps the ring it read: a conductor's death is noticed after a
+#: heartbeat timeout (60 s) anyway, so a second more does not matter.
+RING_TTL = 1.0
+
 #: Pins remembered per ConductorAPI: a node's pin never changes, so nothing goes stale.
 PIN_CACHE_SIZE = 100_000
 
@@ -68,6 +74,8 @@ class ConductorAPI:
         self.db = db
         self.heartbeat_timeout = heartbeat_timeout
         self._pins: dict[str, str | None] = {}
+        self._ring: tuple[float, HashRing] | None = None
+        self._ring_lock = threading.Lock()
         self.client = RPCClient(
             transport,
             Target(TOPIC, version=self.RPC_API_VERSION),
@@ -76,7 +84,18 @@ class ConductorAPI:
         )
 
     def ring(self) -> HashRing:
-        return HashRing(live_conductors(self.db, self.heartbeat_timeout))
+        """The ring over the live conductors, read at most once per ``RING_TTL`` seconds
+        (a burst casts hundreds of times a second). An empty ring is never kept: a
+        conductor that starts is seen at once."""
+        now = time.monotonic()
+        with self._ring_lock:
+            cached = self._ring
+            if cached is not None and now - cached[0] < RING_TTL:
+                return cached[1]
+        ring = HashRing(live_conductors(self.db, self.heartbeat_timeout))
+        with self._ring_lock:
+            self._ring = (now, ring) if ring.hosts else None
+        return ring
 
     def ring_or_raise(self) -> HashRing:
         """The ring; NoLiveConductor if it is empty."""

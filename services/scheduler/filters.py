@@ -156,6 +156,58 @@ def best_candidates(
     return [Candidate(id=i, cpus=c, memory_mb=m, disk_gb=d) for i, c, m, d in rows]
 
 
+def candidate_shapes(
+    session: Session, spec: RequestSpec, filters: Sequence[NodeFilter], limit: int
+) -> list[Candidate] | None:
+    """The hardware shapes (cpus, memory, disk) among the nodes that pass every filter,
+    each as a Candidate without an id; None when there are more than ``limit``. One
+    aggregate over the candidates: an estate of thousands of nodes has a few shapes."""
+    rows = session.exec(
+        select(col(Node.cpus), col(Node.memory_mb), col(Node.disk_gb))
+        .where(*(f.clause(spec) for f in filters))
+        .group_by(col(Node.cpus), col(Node.memory_mb), col(Node.disk_gb))
+        .limit(limit + 1)
+    ).all()
+    if len(rows) > limit:
+        return None
+    return [Candidate(id="", cpus=c, memory_mb=m, disk_gb=d) for c, m, d in rows]
+
+
+def nodes_of_shape(
+    session: Session,
+    spec: RequestSpec,
+    filters: Sequence[NodeFilter],
+    shape: Candidate,
+    limit: int,
+    pivot: str,
+) -> list[Candidate]:
+    """Up to ``limit`` nodes of ``shape`` that pass every filter, in id order from
+    ``pivot`` on and round again from the start: a random pivot spreads schedulers that
+    work at the same time over different nodes, and each query walks the primary key
+    instead of sorting every candidate."""
+    same_shape = (
+        col(Node.cpus) == shape.cpus,
+        col(Node.memory_mb) == shape.memory_mb,
+        col(Node.disk_gb) == shape.disk_gb,
+        *(f.clause(spec) for f in filters),
+    )
+    found: list[str] = []
+    for after_pivot in (True, False):
+        where = col(Node.id) >= pivot if after_pivot else col(Node.id) < pivot
+        found += session.exec(
+            select(col(Node.id))
+            .where(where, *same_shape)
+            .order_by(col(Node.id))
+            .limit(limit - len(found))
+        ).all()
+        if len(found) >= limit:
+            break
+    return [
+        Candidate(id=i, cpus=shape.cpus, memory_mb=shape.memory_mb, disk_gb=shape.disk_gb)
+        for i in found
+    ]
+
+
 @dataclass(frozen=True)
 class FilterCount:
     """How many nodes were left after a filter, and how many it removed."""

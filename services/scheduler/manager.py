@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import random
+import uuid
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from libs import rpc
 from libs.db import Database, Flavor, Instance, InstanceStatus, utcnow
@@ -27,8 +28,10 @@ from .filters import (
     Candidate,
     NodeFilter,
     best_candidates,
+    candidate_shapes,
     find_candidates,
     no_valid_host_reason,
+    nodes_of_shape,
 )
 from .hypervisors import claim_vm, hypervisor_reason
 from .request import RequestSpec
@@ -45,6 +48,9 @@ CLAIM_ROUNDS = 5
 #: Nodes the database hands back per round, best first: enough for the schedulers working
 #: at the same time to find a free one among them, few enough to cost little at any size.
 CANDIDATES_PER_ROUND = 50
+
+#: Hardware shapes beyond which the candidates are ranked node by node (by the database).
+MAX_SHAPES = 200
 
 DEPLOY_FAILED = "deploy_failed"
 
@@ -203,6 +209,11 @@ class SchedulerManager:
         """The nodes that pass the filters, best first (the weighers' order): the best
         ``CANDIDATES_PER_ROUND`` ranked by the database when every weigher has an SQL
         form, else all of them ranked here."""
+        if all(weigher.by_shape for weigher in self.weighers):
+            with self.db.session() as session:
+                ranked = self._ranked_by_shape(session, spec)
+            if ranked is not None:
+                return ranked
         weights = [weigher.sql_weight(spec) for weigher in self.weighers]
         with self.db.session() as session:
             if weights and all(weight is not None for weight in weights):
@@ -215,6 +226,31 @@ class SchedulerManager:
                 )
             candidates = find_candidates(session, spec, self.filters)
         return rank(candidates, spec, self.weighers, self.rng)
+
+    def _ranked_by_shape(self, session: Session, spec: RequestSpec) -> list[Candidate] | None:
+        """The best ``CANDIDATES_PER_ROUND`` nodes when every weigher weighs by shape:
+        the shapes are weighed (as if one node each: the weights compare shapes only),
+        and the nodes are read from the best shapes on. None: too many shapes for this
+        to pay (every node its own), rank the nodes themselves."""
+        shapes = candidate_shapes(session, spec, self.filters, MAX_SHAPES)
+        if shapes is None:
+            return None
+        rng = self.rng or random
+        rng.shuffle(shapes)  # equal shapes in random order: the sort below is stable
+        totals = [0.0] * len(shapes)
+        for weigher in self.weighers:
+            for index, weight in enumerate(weigher.weights(shapes, spec)):
+                totals[index] += weight
+        order = sorted(range(len(shapes)), key=lambda index: -totals[index])
+        found: list[Candidate] = []
+        pivot = str(uuid.UUID(int=rng.getrandbits(128)))
+        for index in order:
+            shape = shapes[index]
+            wanted = CANDIDATES_PER_ROUND - len(found)
+            found += nodes_of_shape(session, spec, self.filters, shape, wanted, pivot)
+            if len(found) >= CANDIDATES_PER_ROUND:
+                break
+        return found
 
     def _claim_best(self, spec: RequestSpec) -> str | None:
         """The id of the node claimed for the instance; None when the instance no longer

@@ -32,6 +32,10 @@ class Weigher(ABC):
         estate and hand back only the best nodes; None: this weigher ranks in Python only."""
         return None
 
+    #: The weight depends on a node's cpus, memory and disk (and the candidates') only:
+    #: nodes of one shape weigh the same, so the scheduler may weigh the shapes instead.
+    by_shape: bool = False
+
 
 class BestFitWeigher(Weigher):
     """The node with the least to spare first, so big nodes stay free for big flavors.
@@ -40,6 +44,8 @@ class BestFitWeigher(Weigher):
     the largest surplus of that resource among the candidates, so each resource counts
     alike whatever its unit; the weight is minus the mean of the three, in [-1, 0].
     """
+
+    by_shape = True
 
     def weights(self, candidates: Sequence[Candidate], spec: RequestSpec) -> list[float]:
         surpluses = [

@@ -102,7 +102,7 @@ def test_ranking_by_shape_gives_the_nodes_of_the_best_shapes_first(db, monkeypat
     monkeypatch.setattr(manager_module, "MAX_SHAPES", 1)  # too many shapes: node by node
     by_node = manager.ranked_candidates(spec)
 
-    def shapes(candidates):
+    def shapes(candidates: list[Candidate]) -> list[tuple[int, int, int]]:
         return [(c.cpus, c.memory_mb, c.disk_gb) for c in candidates]
 
     assert (

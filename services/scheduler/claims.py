@@ -9,10 +9,11 @@ locks (PostgreSQL) or runs one writer at a time (SQLite).
 from __future__ import annotations
 
 import enum
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, not_, update
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from libs.db import Database, Instance, InstanceStatus, Node, Port, TaskState, utcnow
 from libs.notify import Notifier, Phase
@@ -56,25 +57,31 @@ def claim_node(
         )
         if node.rowcount != 1:
             return ClaimOutcome.NODE_TAKEN
-        instance = session.exec(
-            update(Instance)
-            .where(
-                col(Instance.id) == instance_id,
-                col(Instance.status) == InstanceStatus.BUILD,
-                col(Instance.node_id).is_(None),
-            )
-            .values(
-                node_id=node_id,
-                task_state=TaskState.DEPLOYING,
-                attempts=col(Instance.attempts) + 1,
-                updated_at=now,
-            )
-        )
-        if instance.rowcount != 1:
+        if not record_node(session, instance_id, node_id, now):
             session.rollback()  # releases the node: it was never claimed for anyone else
             return ClaimOutcome.INSTANCE_GONE
         notifier.instance_by_id(session, instance_id, "schedule", Phase.END)
     return ClaimOutcome.CLAIMED
+
+
+def record_node(session: Session, instance_id: str, node_id: str, now: datetime) -> bool:
+    """Give the instance its node, if it still waits in BUILD for one (the caller rolls
+    back its claim of the node otherwise): one more attempt, now deploying."""
+    instance = session.exec(
+        update(Instance)
+        .where(
+            col(Instance.id) == instance_id,
+            col(Instance.status) == InstanceStatus.BUILD,
+            col(Instance.node_id).is_(None),
+        )
+        .values(
+            node_id=node_id,
+            task_state=TaskState.DEPLOYING,
+            attempts=col(Instance.attempts) + 1,
+            updated_at=now,
+        )
+    )
+    return bool(instance.rowcount == 1)
 
 
 def release_claim(

@@ -25,19 +25,16 @@ from libs.db import (
     Conductor,
     Database,
     Hypervisor,
-    Instance,
-    InstanceStatus,
     Node,
     Port,
     PowerState,
-    TaskState,
     new_id,
     utcnow,
 )
 from libs.notify import Notifier, Phase
 from services.conductor.states import ProvisionState
 
-from .claims import ClaimOutcome
+from .claims import ClaimOutcome, record_node
 from .request import RequestSpec
 
 LOG = logging.getLogger(__name__)
@@ -213,21 +210,7 @@ def _claim_on_hypervisor(
                 )
             )
         session.flush()
-        instance = session.exec(
-            update(Instance)
-            .where(
-                col(Instance.id) == spec.instance_id,
-                col(Instance.status) == InstanceStatus.BUILD,
-                col(Instance.node_id).is_(None),
-            )
-            .values(
-                node_id=node_id,
-                task_state=TaskState.DEPLOYING,
-                attempts=col(Instance.attempts) + 1,
-                updated_at=now,
-            )
-        )
-        if instance.rowcount != 1:
+        if not record_node(session, spec.instance_id, node_id, now):
             session.rollback()  # no node made: the room stays free
             return ClaimOutcome.INSTANCE_GONE, None
         notifier.node(session, node, "create", Phase.END, instance_id=spec.instance_id)

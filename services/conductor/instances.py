@@ -63,8 +63,8 @@ _DEPLOYED_ACTIONS = {InstanceStatus.BUILD: "create", InstanceStatus.REBUILD: "re
 
 
 def mark_active(db: Database, instance_id: str, notifier: Notifier = _RECORD_ONLY) -> bool:
-    """The deploy (or rebuild) is done: BUILD or REBUILD -> ACTIVE. Returns False if it was
-    neither any more (deleted meanwhile)."""
+    """The deploy (or rebuild) is done: BUILD or REBUILD -> ACTIVE, the failed nodes of
+    this build forgotten. Returns False if it was neither any more (deleted meanwhile)."""
     with db.session() as session:
         instance = session.exec(
             select(Instance).where(col(Instance.id) == instance_id).with_for_update()
@@ -74,6 +74,9 @@ def mark_active(db: Database, instance_id: str, notifier: Notifier = _RECORD_ONL
         action = _DEPLOYED_ACTIONS[instance.status]
         instance.status = InstanceStatus.ACTIVE
         instance.task_state = None
+        # The nodes this build failed on (or was evacuated from) may serve it again in a
+        # later one, e.g. a repaired node taking its instance back.
+        instance.failed_node_ids = []
         instance.updated_at = utcnow()
         session.add(instance)
         notifier.instance(session, instance, action, Phase.END)

@@ -263,3 +263,21 @@ def test_a_ramdisk_callback_that_fails_unexpectedly_is_logged(
     )
     assert record.getMessage() == f"node {node_id}: ramdisk callback failed"
     assert record.exc_info is not None and "database went away" in str(record.exc_info[1])
+
+
+def test_an_active_instance_forgets_the_nodes_its_build_failed_on(cloud: Cloud):
+    """A node an earlier attempt failed on (or an evacuation left) may serve the
+    instance again in a later build, e.g. after it was repaired."""
+    cloud.start_conductor()
+    node_id = cloud.make_node()
+    instance_id = cloud.make_instance(node_id)
+    with cloud.db.session() as session:
+        instance = session.get(Instance, instance_id)
+        assert instance is not None
+        instance.failed_node_ids = ["a-node-that-failed-before"]
+        session.add(instance)
+
+    cloud.api.deploy_node(cloud.ctxt, node_id, instance_id)
+
+    wait_for(lambda: cloud.instance(instance_id).status == InstanceStatus.ACTIVE, what="ACTIVE")
+    assert cloud.instance(instance_id).failed_node_ids == []

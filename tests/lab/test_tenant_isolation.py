@@ -452,8 +452,9 @@ def test_the_same_image_runs_as_a_vm_in_its_tenant_network(isolated: IsolatedLab
 def test_vms_are_made_on_demand_within_the_hypervisors_room(isolated: IsolatedLab) -> None:
     """The lab host's conductor reports its room (one vCPU; its memory and disk as
     libvirt and the disk say): a member's instance of the hypervisor's class gets a VM
-    node made for it that boots the probe image; a second finds no room (a clear
-    no_valid_host); deleting the first deletes its node and gives the room back."""
+    node made for it that boots the probe image, and boots it again on the same node
+    after a rebuild; a second finds no room (a clear no_valid_host); deleting the first
+    deletes its node and gives the room back."""
     shared = isolated.shared
     assert shared, "runs after the bare-metal test"
     vm_root = Path(isolated.stack.env["TETSU_VM_ROOT"])
@@ -509,6 +510,23 @@ def test_vms_are_made_on_demand_within_the_hypervisors_room(isolated: IsolatedLa
             timeout=180,
             what="the probe image up in the on-demand VM",
         )
+        # A rebuild writes the image again on the same VM node, which boots it again.
+        with isolated.stack.client(alpha.token) as member:
+            ok(member.post(f"/v1/instances/{first}/rebuild", json={}), 202)
+            row = wait_for(
+                lambda: _settled(member, first),
+                timeout=DEPLOY_TIMEOUT,
+                interval=1,
+                what="the rebuilt VM ACTIVE",
+            )
+            assert row["status"] == "ACTIVE", row["fault"]
+        wait_for(
+            lambda: vm.text().count("tetsu-probe isolation up") >= 2,
+            timeout=180,
+            what="the probe image up again after the rebuild",
+        )
+        with isolated.stack.client() as admin:
+            assert instance(admin, first)["node_id"] == node_id
         with isolated.stack.client(alpha.token) as member:
             ok(member.delete(f"/v1/instances/{first}"), 202)
             ok(member.delete(f"/v1/instances/{second}"), 202)

@@ -17,6 +17,7 @@ import logging
 import os
 import subprocess
 import threading
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 from xml.sax.saxutils import quoteattr
@@ -160,7 +161,7 @@ def domain_xml(
     )
     console = quoteattr(str(vm.console))
     return (
-        f"<domain type={quoteattr(domain_type)}><name>{vm.name}</name>"
+        f"<domain type={quoteattr(domain_type)}><name>{vm.name}</name>{_uuid(node.id)}"
         f"<memory unit='MiB'>{node.memory_mb}</memory><vcpu>{node.cpus}</vcpu>"
         "<os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/>"
         "<bios useserial='yes'/></os><features><acpi/></features>"
@@ -173,6 +174,16 @@ def domain_xml(
         "<target type='serial' port='0'/></console>"
         "</devices></domain>"
     )
+
+
+def _uuid(node_id: str) -> str:
+    """The domain's uuid: the node's id, so that defining the domain again (a rebuild,
+    a later power on) updates it; libvirt refuses a second definition of the same name
+    with a uuid of its own making."""
+    try:
+        return f"<uuid>{uuid.UUID(node_id)}</uuid>"
+    except ValueError:
+        return ""
 
 
 class LibvirtManagement(ManagementInterface):

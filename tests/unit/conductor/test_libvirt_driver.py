@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlmodel import col, select
+from sqlmodel import col, select, update
 
-from libs.db import InstanceStatus, Port, PortBinding
+from libs.db import Instance, InstanceStatus, Port, PortBinding, TaskState
 from libs.errors import BadRequest
 from services.conductor.drivers import BootDevice, DriverError
 from services.conductor.drivers.libvirt import write_disk
@@ -31,6 +31,14 @@ domstate)
     cat "$FAKE_VIRSH_DIR/$arg" ;;
 define)
     name=$(sed -n 's:.*<name>\(.*\)</name>.*:\1:p' "$arg")
+    uuid=$(sed -n 's:.*<uuid>\(.*\)</uuid>.*:\1:p' "$arg")
+    if [ -f "$FAKE_VIRSH_DIR/$name.xml" ]; then
+        # as libvirt: a new definition of a known name must carry the same uuid
+        old=$(sed -n 's:.*<uuid>\(.*\)</uuid>.*:\1:p' "$FAKE_VIRSH_DIR/$name.xml")
+        if [ -z "$uuid" ] || [ "$uuid" != "$old" ]; then
+            echo "error: domain '$name' already exists with uuid $old" >&2; exit 1
+        fi
+    fi
     cp "$arg" "$FAKE_VIRSH_DIR/$name.xml"
     [ -f "$FAKE_VIRSH_DIR/$name" ] || echo "shut off" > "$FAKE_VIRSH_DIR/$name" ;;
 start) echo running > "$FAKE_VIRSH_DIR/$arg" ;;
@@ -110,6 +118,7 @@ def test_a_vm_is_deployed_from_its_disk_without_a_ramdisk_then_cleaned_away(
     xml = (virsh / f"{domain}.xml").read_text()
     port = cloud.ports(node_id)[0]
     assert '<domain type="qemu">' in xml
+    assert f"<uuid>{node_id}</uuid>" in xml  # so that it can be defined again
     assert f'<mac address="{port.address}"/>' in xml
     assert f'<target dev="tv-{node_id[:8]}"/>' in xml
     assert '<source bridge="br-vm"/>' in xml
@@ -127,6 +136,42 @@ def test_a_vm_is_deployed_from_its_disk_without_a_ramdisk_then_cleaned_away(
     assert not disk.exists()
     assert not (virsh / domain).exists(), "the domain is undefined"
     assert cloud.instance(instance_id).status == InstanceStatus.DELETED
+
+
+def test_a_vm_rebuilt_in_place_gets_the_image_again_and_restarts(
+    cloud: Cloud, virsh: Path, tmp_path: Path
+) -> None:
+    cloud.start_conductor(**vm_settings(tmp_path))
+    uploaded = tmp_path / "upload"
+    uploaded.write_bytes(b"first image")
+    node_id = vm_node(cloud)
+    instance_id = claimed_instance(
+        cloud, node_id, make_image(cloud, b"first image", file_path=str(uploaded))
+    )
+    cloud.api.deploy_node(cloud.ctxt, node_id, instance_id)
+    wait_for(lambda: cloud.instance(instance_id).status == InstanceStatus.ACTIVE, what="ACTIVE")
+    cloud.settled(node_id, "active")
+    newer = tmp_path / "newer"
+    newer.write_bytes(b"second image")
+    image = make_image(cloud, b"second image", file_path=str(newer))
+    with cloud.db.session() as session:
+        session.exec(
+            update(Instance)
+            .where(col(Instance.id) == instance_id)
+            .values(
+                image_id=image.id, status=InstanceStatus.REBUILD, task_state=TaskState.REBUILDING
+            )
+        )
+
+    cloud.api.rebuild_node(cloud.ctxt, node_id, instance_id)
+
+    wait_for(lambda: cloud.instance(instance_id).status == InstanceStatus.ACTIVE, what="ACTIVE")
+    assert cloud.settled(node_id, "active").instance_id == instance_id
+    disk = tmp_path / "vms" / f"{node_id}.img"
+    assert disk.read_bytes()[:12] == b"second image"
+    assert (virsh / f"tetsu-{node_id}").read_text().strip() == "running"
+    commands = [line.split()[3] for line in (virsh / "log").read_text().splitlines()]
+    assert (commands.count("define"), commands.count("start")) == (2, 2)
 
 
 def test_an_image_that_is_not_its_checksum_fails_the_vm_deploy(

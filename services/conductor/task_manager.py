@@ -298,6 +298,21 @@ class Task:
             raise RuntimeError(f"a shared task ({self.purpose}) cannot change node {self.node.id}")
 
 
+def _read(session: Session, node_id: str) -> tuple[Node, list[Port]]:
+    """The node and its ports (NotFound if there is no such node)."""
+    node = session.get(Node, node_id)
+    if node is None:
+        raise NotFound(f"node {node_id} not found")
+    ports = list(
+        session.exec(
+            select(Port)
+            .where(col(Port.node_id) == node_id)
+            .order_by(col(Port.created_at), col(Port.address))
+        ).all()
+    )
+    return node, ports
+
+
 def _value(value: Any) -> Any:
     return getattr(value, "value", value)
 
@@ -347,14 +362,11 @@ class TaskManager:
         """A task on ``node_id``. Exclusive unless ``shared``: waits up to ``wait`` seconds
         (default ``lock_wait``) for another holder to let go, then raises NodeLocked.
         NotFound if there is no such node."""
-        if not shared:
-            self._reserve(node_id, purpose, self.lock_wait if wait is None else wait)
-        try:
-            task = self._load(ctxt, node_id, purpose, shared=shared)
-        except BaseException:
-            if not shared:
-                self._release(node_id)
-            raise
+        if shared:
+            task = self._load(ctxt, node_id, purpose, shared=True)
+        else:
+            node, ports = self._reserve(node_id, purpose, self.lock_wait if wait is None else wait)
+            task = self._task(ctxt, node, ports, purpose, shared=False)
         try:
             yield task
         except BaseException:
@@ -420,7 +432,8 @@ class TaskManager:
             )
             return bool(result.rowcount)
 
-    def _reserve(self, node_id: str, purpose: str, wait: float) -> None:
+    def _reserve(self, node_id: str, purpose: str, wait: float) -> tuple[Node, list[Port]]:
+        """Lock the node and read it and its ports, in one transaction."""
         deadline = time.monotonic() + wait
         if node_id in self._unreleased:
             self._release_again(node_id)
@@ -432,7 +445,9 @@ class TaskManager:
                     .values(reservation=self.hostname)
                 ).rowcount
                 holder = None
-                if not taken:
+                if taken:
+                    loaded = _read(session, node_id)
+                else:
                     found = session.exec(
                         select(Node.id, Node.reservation).where(col(Node.id) == node_id)
                     ).first()
@@ -440,7 +455,7 @@ class TaskManager:
                         raise NotFound(f"node {node_id} not found")
                     holder = found[1]
             if taken:
-                return
+                return loaded
             remaining = deadline - time.monotonic()
             if holder is not None and remaining <= 0:
                 raise NodeLocked(
@@ -470,16 +485,12 @@ class TaskManager:
 
     def _load(self, ctxt: RequestContext, node_id: str, purpose: str, *, shared: bool) -> Task:
         with self.db.session() as session:
-            node = session.get(Node, node_id)
-            if node is None:
-                raise NotFound(f"node {node_id} not found")
-            ports = list(
-                session.exec(
-                    select(Port)
-                    .where(col(Port.node_id) == node_id)
-                    .order_by(col(Port.created_at), col(Port.address))
-                ).all()
-            )
+            node, ports = _read(session, node_id)
+        return self._task(ctxt, node, ports, purpose, shared=shared)
+
+    def _task(
+        self, ctxt: RequestContext, node: Node, ports: list[Port], purpose: str, *, shared: bool
+    ) -> Task:
         # Rows written by hand may hold NULL: the drivers can count on dicts.
         node.driver_internal_info = dict(node.driver_internal_info or {})
         node.driver_info = dict(node.driver_info or {})

@@ -160,13 +160,15 @@ def run_service(name: ServiceName, *, migrate: bool = False) -> None:
 
 
 def pool_size_for(*services: CommonSettings) -> int:
-    """Database connections for a process running these services: two per worker (an RPC
-    handler and the node task it starts) and a few for periodic jobs and timers (the pool's
-    overflow covers bursts); the default for a service without workers (the API)."""
+    """Database connections for a process running these services: one per worker and two
+    for periodic jobs and timers (threads beyond wait for a free connection; the pool's
+    small overflow covers bursts); the default for a service without workers (the API).
+    With the defaults a stack of API, scheduler, netctl and two conductors holds at most
+    86 connections, inside PostgreSQL's default max_connections of 100."""
     total = 0
     for settings in services:
         workers = getattr(settings, "workers", None)
-        total += DEFAULT_POOL_SIZE if workers is None else 2 * int(workers) + 4
+        total += DEFAULT_POOL_SIZE if workers is None else int(workers) + 2
     return total
 
 

@@ -18,8 +18,10 @@ from .availability import OutageLog
 #: Connections a pool keeps open; a service with many threads asks for more.
 DEFAULT_POOL_SIZE = 10
 
-#: Connections a pool may open beyond its size when every kept one is in use.
-MAX_OVERFLOW = 20
+#: Connections a pool may open beyond its size when every kept one is in use. Small: a
+#: stack of the API, the scheduler, netctl and two conductors must stay inside
+#: PostgreSQL's default of 100 connections (threads beyond wait for a free one).
+MAX_OVERFLOW = 4
 
 #: Seconds a new PostgreSQL connection may take: an unreachable server then fails a
 #: request quickly (the API answers 503) instead of holding it for the TCP timeout.

@@ -8,7 +8,7 @@ import time
 import pytest
 from sqlmodel import col, update
 
-from libs.db import Instance, InstanceStatus, Node, PortBinding, PowerState, TaskState
+from libs.db import Instance, InstanceStatus, Node, Port, PortBinding, PowerState, TaskState
 from services.conductor.power import UNREACHABLE_SINCE_KEY
 from tests.unit.conductor.conftest import Cloud, wait_for
 
@@ -129,9 +129,9 @@ def test_the_power_sync_takes_no_lock_on_a_node_whose_power_is_as_recorded(
     tasks = service.manager.tasks
     reserve = tasks._reserve
 
-    def spying(node: str, purpose: str, wait: float) -> None:
+    def spying(node: str, purpose: str, wait: float) -> tuple[Node, list[Port]]:
         taken.append(purpose)
-        reserve(node, purpose, wait)
+        return reserve(node, purpose, wait)
 
     monkeypatch.setattr(tasks, "_reserve", spying)
     service.manager.periodic.sync_power_states()

@@ -95,7 +95,7 @@ def notifier_of(session: Session) -> Notifier:
 #: connection in between: with more requests than connections, requests that hold a
 #: connection while they wait for a thread, and threads that wait for a connection, hang
 #: each other until the pool's timeout (measured: 200 concurrent GETs, 115 of them 503
-#: after 30 to 90 s). Below the API's pool (its size plus overflow, 30), so connections
+#: after 30 to 90 s). Below the API's pool (its size plus overflow, 14), so connections
 #: remain for what a route reads outside its session (the conductors' ring, /healthz).
 MAX_SESSIONS = DEFAULT_POOL_SIZE + MAX_OVERFLOW // 2
 

@@ -12,7 +12,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, not_, update
+from sqlalchemy import ColumnElement, delete, not_, update
 from sqlmodel import Session, col, select
 
 from libs.db import Database, Instance, InstanceStatus, Node, Port, TaskState, utcnow
@@ -64,16 +64,21 @@ def claim_node(
     return ClaimOutcome.CLAIMED
 
 
+def _waits_for_a_node(instance_id: str) -> tuple[ColumnElement[bool], ...]:
+    """The instance is in BUILD without a node (not deleted, not scheduled meanwhile)."""
+    return (
+        col(Instance.id) == instance_id,
+        col(Instance.status) == InstanceStatus.BUILD,
+        col(Instance.node_id).is_(None),
+    )
+
+
 def record_node(session: Session, instance_id: str, node_id: str, now: datetime) -> bool:
     """Give the instance its node, if it still waits in BUILD for one (the caller rolls
     back its claim of the node otherwise): one more attempt, now deploying."""
     instance = session.exec(
         update(Instance)
-        .where(
-            col(Instance.id) == instance_id,
-            col(Instance.status) == InstanceStatus.BUILD,
-            col(Instance.node_id).is_(None),
-        )
+        .where(*_waits_for_a_node(instance_id))
         .values(
             node_id=node_id,
             task_state=TaskState.DEPLOYING,
@@ -154,11 +159,7 @@ def fail_instance(
     with db.session() as session:
         instance = session.exec(
             update(Instance)
-            .where(
-                col(Instance.id) == instance_id,
-                col(Instance.status) == InstanceStatus.BUILD,
-                col(Instance.node_id).is_(None),
-            )
+            .where(*_waits_for_a_node(instance_id))
             .values(status=InstanceStatus.ERROR, task_state=None, fault=fault, updated_at=utcnow())
         )
         if instance.rowcount != 1:

@@ -14,6 +14,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import ColumnElement
 from sqlmodel import col, select
 
 from libs.db import Conductor, Database, Node, utcnow
@@ -25,15 +26,17 @@ from .hashring import HashRing
 TOPIC = "conductor"
 
 
+def alive(heartbeat_timeout: float) -> tuple[ColumnElement[bool], ...]:
+    """The conditions on ``conductor`` of one that is online and heartbeat within
+    ``heartbeat_timeout`` seconds: what the hash ring counts as alive."""
+    since = utcnow() - timedelta(seconds=heartbeat_timeout)
+    return col(Conductor.online).is_(True), col(Conductor.updated_at) >= since
+
+
 def live_conductors(db: Database, heartbeat_timeout: float) -> list[str]:
     """Hostnames of the conductors that heartbeat within ``heartbeat_timeout`` seconds."""
-    since = utcnow() - timedelta(seconds=heartbeat_timeout)
     with db.session() as session:
-        rows = session.exec(
-            select(Conductor.hostname).where(
-                col(Conductor.online).is_(True), col(Conductor.updated_at) >= since
-            )
-        ).all()
+        rows = session.exec(select(Conductor.hostname).where(*alive(heartbeat_timeout))).all()
     return sorted(rows)
 
 

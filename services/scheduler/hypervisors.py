@@ -14,7 +14,6 @@ import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 
 from sqlalchemy import Subquery, func, update
 from sqlalchemy import select as sa_select
@@ -32,6 +31,7 @@ from libs.db import (
     utcnow,
 )
 from libs.notify import Notifier, Phase
+from services.conductor.rpcapi import alive
 from services.conductor.states import ProvisionState
 
 from .claims import ClaimOutcome, record_node
@@ -87,15 +87,13 @@ def hypervisors_with_room(
     free_vcpus = col(Hypervisor.vcpus) - func.coalesce(used.c.cpus, 0)
     free_memory = col(Hypervisor.memory_mb) - func.coalesce(used.c.memory_mb, 0)
     free_disk = col(Hypervisor.disk_gb) - func.coalesce(used.c.disk_gb, 0)
-    since = utcnow() - timedelta(seconds=heartbeat_timeout)
     rows = session.execute(
         sa_select(col(Hypervisor.id), col(Hypervisor.name), free_vcpus, free_memory, free_disk)
         .outerjoin(used, used.c.hypervisor_id == col(Hypervisor.id))
         .join(Conductor, col(Conductor.hostname) == col(Hypervisor.conductor))
         .where(
             col(Hypervisor.resource_class) == spec.resource_class,
-            col(Conductor.online).is_(True),
-            col(Conductor.updated_at) >= since,
+            *alive(heartbeat_timeout),
             free_vcpus >= cpus,
             free_memory >= memory_mb,
             free_disk >= disk_gb,

@@ -3,15 +3,14 @@ with the capacity each reports, what its VM nodes hold, and what is free."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from fastapi import APIRouter, status
 from sqlalchemy import delete, func
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
-from libs.db import Conductor, Hypervisor, Node, as_utc, utcnow
+from libs.db import Conductor, Hypervisor, Node, as_utc
 from libs.errors import Conflict, NotFound
+from services.conductor.rpcapi import alive
 
 from ..deps import AdminDep, SessionDep, SettingsDep
 from ..queries import PageDep, paginate
@@ -50,14 +49,7 @@ def _public(
         ).all()
         if hypervisor_id is not None
     }
-    since = utcnow() - timedelta(seconds=heartbeat_timeout)
-    alive = set(
-        session.exec(
-            select(Conductor.hostname).where(
-                col(Conductor.online).is_(True), col(Conductor.updated_at) >= since
-            )
-        ).all()
-    )
+    live = set(session.exec(select(Conductor.hostname).where(*alive(heartbeat_timeout))).all())
     result = []
     for row in rows:
         cpus, memory_mb, disk_gb, count = held.get(row.id, (0, 0, 0, 0))
@@ -66,7 +58,7 @@ def _public(
                 id=row.id,
                 name=row.name,
                 conductor=row.conductor,
-                alive=row.conductor in alive,
+                alive=row.conductor in live,
                 resource_class=row.resource_class,
                 capacity=HypervisorResources(
                     vcpus=row.vcpus, memory_mb=row.memory_mb, disk_gb=row.disk_gb

@@ -53,9 +53,13 @@ class APIService:
 
     def _bind(self) -> socket.socket:
         # Bound here rather than by uvicorn, so a busy port raises OSError to the caller
-        # (uvicorn would exit the process) and port 0 can be read back at once.
+        # (uvicorn would exit the process) and port 0 can be read back at once. The protocol
+        # is named: asyncio turns Nagle's algorithm off only on sockets whose ``proto`` is
+        # IPPROTO_TCP, and uvicorn writes an answer's head and body apart, so on a socket
+        # made with proto 0 every small answer on a kept-alive connection waited ~40 ms for
+        # the client's delayed ACK (measured: 44 ms per GET, 1 ms with this).
         family = socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.settings.host, self.settings.port))

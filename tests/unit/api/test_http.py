@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi.testclient import TestClient
@@ -11,6 +14,7 @@ from fastapi.testclient import TestClient
 from libs.log import ContextFilter
 from libs.rpc import current_context
 from services.api.app import create_app
+from services.api.deps import LANES
 
 from .support import ADMIN, ADMIN_TOKEN, error_of
 
@@ -194,3 +198,43 @@ def test_values_no_database_could_store_are_400_naming_the_field(client, path, b
     assert error_of(response)["reason"] == reason
     # Nothing was stored (a stored value that cannot be answered as JSON breaks the list).
     assert client.get(path, headers=ADMIN).json() == before
+
+
+def test_reads_are_answered_while_writes_fill_their_sessions(client):
+    """A burst of writes takes every write session; a GET still gets a read session at
+    once, and a write waits for a write session to come free."""
+
+    async def take_every_write_session() -> asyncio.Semaphore:
+        lane = LANES.lane("POST")
+        for _ in range(LANES.writes):
+            await lane.acquire()
+        return lane
+
+    portal = client.portal
+    assert portal is not None
+    lane = portal.call(take_every_write_session)
+    with ThreadPoolExecutor(1) as pool:
+        write = pool.submit(
+            client.post,
+            "/v1/flavors",
+            headers=ADMIN,
+            json={
+                "name": "waits",
+                "resource_class": "baremetal",
+                "cpus": 1,
+                "memory_mb": 1024,
+                "disk_gb": 10,
+            },
+        )
+        try:
+            assert client.get("/v1/flavors", headers=ADMIN).status_code == 200
+            time.sleep(0.3)
+            assert not write.done()  # no write session for it yet
+        finally:
+            for _ in range(LANES.writes):
+                portal.call(_release, lane)
+        assert write.result(timeout=10).status_code == 201
+
+
+async def _release(lane: asyncio.Semaphore) -> None:
+    lane.release()

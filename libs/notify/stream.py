@@ -98,6 +98,11 @@ class EventHub:
 
     def _from_bus(self, body: bytes) -> None:
         """From the bus's thread (or, in memory, the publisher's)."""
+        if not self._clients:
+            # Nobody streams: not parsed, and the event loop not woken, for each of the
+            # thousands of events of a burst. A stream connecting now reads the stored
+            # events after it connected, so it misses none of these.
+            return
         try:
             message = EventMessage.model_validate_json(body)
         except ValidationError:

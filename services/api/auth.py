@@ -98,7 +98,15 @@ def csrf_token(session_token: str) -> str:
 
 def user_for_token(session: Session, token: str, now: datetime | None = None) -> User | None:
     """The user a bearer token belongs to, or None when it is unknown or expired."""
-    row = session.get(Token, token_digest(token))
-    if row is None or as_utc(row.expires_at) <= (now or utcnow()):
+    # One query for both (every authenticated request makes it).
+    found = session.exec(
+        select(User, Token.expires_at)
+        .join(Token, col(Token.user_id) == col(User.id))
+        .where(col(Token.id) == token_digest(token))
+    ).first()
+    if found is None:
         return None
-    return session.get(User, row.user_id)
+    user, expires_at = found
+    if as_utc(expires_at) <= (now or utcnow()):
+        return None
+    return user

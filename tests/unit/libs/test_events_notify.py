@@ -152,6 +152,35 @@ def test_the_hub_takes_events_from_the_bus():
     asyncio.run(scenario())
 
 
+def test_the_hub_leaves_the_event_loop_alone_while_nobody_streams(monkeypatch):
+    """With no stream connected, an event from the bus is neither parsed nor handed to
+    the event loop (a burst publishes thousands); once a stream connects, it is."""
+
+    async def scenario() -> None:
+        bus = MemoryNotificationBus()
+        hub = EventHub(bus)
+        await hub.start()
+        parsed: list[bytes] = []
+        real = EventMessage.model_validate_json
+
+        def counting(body: bytes) -> EventMessage:
+            parsed.append(body)
+            return real(body)
+
+        monkeypatch.setattr(EventMessage, "model_validate_json", counting)
+        body = message("p1").model_dump_json().encode()
+        bus.publish("tetsu.instance.create.start", body)
+        assert parsed == []
+        client = hub.connect(lambda event: True)
+        bus.publish("tetsu.instance.create.start", body)
+        assert parsed == [body]
+        received = await client.next(1.0)
+        assert received is not None and received.project_id == "p1"
+        await hub.stop()
+
+    asyncio.run(scenario())
+
+
 def test_the_sweep_deletes_only_old_events_in_bounded_batches(db: Database):
     now = utcnow()
     with db.session() as session:

@@ -27,7 +27,7 @@ class PageParams:
     marker: str | None
 
 
-def page_params(
+async def page_params(
     limit: Annotated[
         int, Query(ge=1, le=MAX_LIMIT, description="Items per page (1..1000)")
     ] = DEFAULT_LIMIT,

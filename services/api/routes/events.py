@@ -93,7 +93,7 @@ class EventFilters(BaseModel):
         return statement
 
 
-def event_filters(
+async def event_filters(
     object_type: Annotated[ObjectType | None, Query(description="node or instance")] = None,
     object_id: Annotated[str | None, Query(max_length=36)] = None,
     event_type: Annotated[

@@ -1,5 +1,5 @@
 """Who is looking at a dashboard page: the session cookie checked exactly as a bearer
-token is (``deps.context_for_token``), the admin check of the REST API (``deps.require_admin``),
+token is (``deps.context_for_token``), the admin check of the REST API (``deps.ensure_admin``),
 and the anti-forgery token every form that changes something must carry."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from libs.errors import Forbidden, Unauthorized
 from libs.rpc import RequestContext
 
 from ..auth import SESSION_COOKIE, csrf_token
-from ..deps import SessionDep, SettingsDep, context_for_token, require_admin
+from ..deps import SessionDep, SettingsDep, context_for_token, ensure_admin
 
 #: The form field that carries the anti-forgery token.
 CSRF_FIELD = "csrf_token"
@@ -93,7 +93,7 @@ ViewerDep = Annotated[Viewer, Depends(get_viewer)]
 def get_admin(viewer: ViewerDep) -> Viewer:
     """The viewer, if the REST API's own admin check lets them through."""
     try:
-        require_admin(viewer.ctxt)
+        ensure_admin(viewer.ctxt)
     except Forbidden as exc:
         raise AdminOnly(exc.reason) from None
     return viewer

@@ -348,6 +348,11 @@ class TaskManager:
         # release_unreleased() later, or before this conductor takes the node again.
         self._unreleased: set[str] = set()
         self._unreleased_lock = threading.Lock()
+        # Counts this conductor's releases: a reservation that finds the node locked by
+        # this same conductor waits for the next release instead of sleeping blind (a
+        # ramdisk's report, or a request, racing the task that is finishing with it).
+        self._releases = 0
+        self._released = threading.Condition()
 
     @contextmanager
     def acquire(
@@ -420,7 +425,8 @@ class TaskManager:
                     .values(reservation=None)
                 )
             self._unreleased.discard(node_id)
-            return True
+        self._released_one()
+        return True
 
     def release_stale_lock(self, node_id: str, holder: str) -> bool:
         """Clear the lock of a conductor that died holding it. Returns whether it did."""
@@ -438,6 +444,7 @@ class TaskManager:
         if node_id in self._unreleased:
             self._release_again(node_id)
         while True:
+            releases = self._releases
             with self.db.session() as session:
                 taken = session.exec(
                     update(Node)
@@ -461,8 +468,22 @@ class TaskManager:
                 raise NodeLocked(
                     f"node {node_id} is locked by conductor {holder} (wanted for {purpose})"
                 )
-            if holder is not None:
+            if holder == self.hostname:
+                self._wait_for_a_release(releases, min(LOCK_RETRY_INTERVAL, remaining))
+            elif holder is not None:
                 time.sleep(min(LOCK_RETRY_INTERVAL, remaining))
+
+    def _wait_for_a_release(self, seen: int, timeout: float) -> None:
+        """Wait until this conductor releases a lock after the ``seen``-th release, for
+        ``timeout`` seconds at most (the node may be another's by then: tried again)."""
+        with self._released:
+            if self._releases == seen:
+                self._released.wait(timeout)
+
+    def _released_one(self) -> None:
+        with self._released:
+            self._releases += 1
+            self._released.notify_all()
 
     def _release(self, node_id: str) -> None:
         try:
@@ -472,6 +493,7 @@ class TaskManager:
                     .where(col(Node.id) == node_id, col(Node.reservation) == self.hostname)
                     .values(reservation=None)
                 )
+            self._released_one()
         except Exception as exc:
             # Released by release_unreleased() once the database is back (or, if this
             # process dies first, by the take-over of a later start).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +12,7 @@ from sqlmodel import col, update
 from libs.db import Node
 from libs.errors import InvalidStateTransition, NodeLocked, NotFound
 from libs.rpc import RequestContext, current_context
+from services.conductor import task_manager
 from services.conductor.drivers import DriverEnv, DriverFactory
 from services.conductor.states import Event
 from services.conductor.task_manager import CONDUCTOR_KEY, Task, TaskManager
@@ -61,6 +63,32 @@ def test_acquire_waits_for_a_short_lock(cloud: Cloud, tasks: TaskManager):
 
     with tasks.acquire(RequestContext.admin(), node_id, "patient", wait=5.0) as task:
         assert task.node.reservation == HOST
+
+
+def test_a_lock_this_conductor_holds_is_taken_as_soon_as_it_is_released(
+    cloud: Cloud, tasks: TaskManager, monkeypatch: pytest.MonkeyPatch
+):
+    """Waiting for a lock held by this same conductor (a ramdisk's report racing the task
+    that started it) ends at the release, not at the next look at the database."""
+    monkeypatch.setattr(task_manager, "LOCK_RETRY_INTERVAL", 30.0)
+    node_id = cloud.make_node()
+    ctxt = RequestContext.admin()
+    holding, waited = threading.Event(), []
+
+    def second() -> None:
+        holding.wait(5)
+        started = time.monotonic()
+        with tasks.acquire(ctxt, node_id, "second", wait=60.0):
+            waited.append(time.monotonic() - started)
+
+    waiter = threading.Thread(target=second)
+    waiter.start()
+    with tasks.acquire(ctxt, node_id, "first"):
+        holding.set()
+        time.sleep(0.3)  # the second one is waiting by now
+    waiter.join(20)
+    assert not waiter.is_alive()
+    assert waited and waited[0] < 10.0  # not the 30 s retry interval
 
 
 def test_acquire_of_a_missing_node_is_not_found(tasks: TaskManager):

@@ -130,8 +130,10 @@ def get_session(
     """A session for one request. Routes commit their writes themselves (so that a unique
     violation is answered as a 409 and a commit happens before any message is sent); the
     exit commits anything left and closes before the response is sent. It carries the
-    app's notifier (:func:`notifier_of`), so events go with the writes they describe."""
-    with db.session() as session:
+    app's notifier (:func:`notifier_of`), so events go with the writes they describe.
+    A read (GET, HEAD) gets a session without a transaction (:meth:`Database.reader`)."""
+    opened = db.reader() if request.method in READ_METHODS else db.session()
+    with opened as session:
         session.info[NOTIFIER_KEY] = getattr(request.app.state, "notifier", None)
         yield session
     db.outage.succeeded()

@@ -82,6 +82,7 @@ BURST_COLUMNS = (
     "system",
     "N",
     "conductors",
+    "in flight",
     "enroll s",
     "create -> all ACTIVE s",
     "delete -> all available s",
@@ -98,7 +99,8 @@ def burst_rows(results: list[dict[str, Any]]) -> list[list[str]]:
         if "error" in r or "skipped" in r:
             why = r.get("error") or r.get("skipped")
             rows.append(
-                [r.get("system", "?"), fmt(r.get("nodes")), fmt(r.get("conductors")), str(why)[:80]]
+                [r.get("system", "?"), fmt(r.get("nodes")), fmt(r.get("conductors")), "-"]
+                + [str(why)[:80]]
                 + ["-"] * 6
             )
             continue
@@ -111,6 +113,7 @@ def burst_rows(results: list[dict[str, Any]]) -> list[list[str]]:
                 r["system"] + (f" {r['version']}" if r.get("version") else ""),
                 fmt(r["nodes"]),
                 fmt(r.get("conductors", "1 (all-in-one)")),
+                fmt(r.get("concurrency")),
                 fmt(r["enroll_s"]),
                 fmt(r["active_s"]),
                 fmt(r["available_s"]),
@@ -135,6 +138,7 @@ def rss_rows(results: list[dict[str, Any]]) -> list[list[str]]:
         label = f"{r['system']} N={r['nodes']}" + (
             f", {r['conductors']} conductor(s)" if "conductors" in r else ""
         )
+        label += f", {r['concurrency']} in flight" if r.get("concurrency") else ""
         for name, figures in processes.items():
             rows.append([label, name, fmt(figures["peak_rss_mib"]), fmt(figures["cpu_s"])])
         if processes:
@@ -146,6 +150,7 @@ def rss_rows(results: list[dict[str, Any]]) -> list[list[str]]:
 
 SIDE_COLUMNS = (
     "N",
+    "in flight (tetsu / Ironic)",
     "tetsu ACTIVE s",
     "tetsu available s",
     "tetsu total s",
@@ -157,6 +162,8 @@ SIDE_COLUMNS = (
 
 
 def side_rows(tetsu: list[dict[str, Any]], ironic: list[dict[str, Any]]) -> list[list[str]]:
+    """Each Ironic run beside every one-conductor tetsu run of its size (the one with as
+    many requests in flight as Ironic's first)."""
     rows = []
     for i in ironic:
         if "total_s" not in i:
@@ -166,21 +173,21 @@ def side_rows(tetsu: list[dict[str, Any]], ironic: list[dict[str, Any]]) -> list
             for t in tetsu
             if t.get("nodes") == i["nodes"] and t.get("conductors") == 1 and "total_s" in t
         ]
-        if not same:
-            continue
-        t = same[0]
-        rows.append(
-            [
-                fmt(i["nodes"]),
-                fmt(t["active_s"]),
-                fmt(t["available_s"]),
-                fmt(t["total_s"]),
-                fmt(i["active_s"]),
-                fmt(i["available_s"]),
-                fmt(i["total_s"]),
-                f"{i['total_s'] / t['total_s']:.1f}x" if t["total_s"] else "-",
-            ]
-        )
+        same.sort(key=lambda t: t.get("concurrency") != i.get("concurrency"))
+        for t in same:
+            rows.append(
+                [
+                    fmt(i["nodes"]),
+                    f"{fmt(t.get('concurrency'))} / {fmt(i.get('concurrency'))}",
+                    fmt(t["active_s"]),
+                    fmt(t["available_s"]),
+                    fmt(t["total_s"]),
+                    fmt(i["active_s"]),
+                    fmt(i["available_s"]),
+                    fmt(i["total_s"]),
+                    f"{i['total_s'] / t['total_s']:.1f}x" if t["total_s"] else "-",
+                ]
+            )
     return rows
 
 
@@ -225,7 +232,7 @@ def aim_lines(
     for t in tetsu:
         if "active_s" not in t:
             continue
-        label = f"N={t['nodes']}, {t['conductors']} conductor(s)"
+        label = f"N={t['nodes']}, {t['conductors']} conductor(s), {t['concurrency']} in flight"
         p99 = api_p99(t)
         if t["nodes"] >= 1000:
             lines.append(
@@ -240,7 +247,8 @@ def aim_lines(
     for row in side_rows(tetsu, ironic):
         ratio = float(row[-1].rstrip("x")) if row[-1] != "-" else 0.0
         lines.append(
-            f"N={row[0]}: Ironic {row[6]} s / tetsu {row[3]} s end to end = {row[-1]} "
+            f"N={row[0]}, in flight (tetsu / Ironic) {row[1]}: Ironic {row[7]} s / tetsu "
+            f"{row[4]} s end to end = {row[-1]} "
             f"(aim >= {AIM_VS_IRONIC:g}x: {verdict(ratio >= AIM_VS_IRONIC)})"
         )
     for s in scheduler:
@@ -257,7 +265,9 @@ def notes(ironic: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
         f"tetsu: the services as separate processes on RabbitMQ and PostgreSQL, nodes "
         f"enrolled over REST (node, port, manage, provide) with the fake drivers and "
         f"fake_delay 0; each instance joins one network (netctl binds a port per deploy); "
-        f"{args.concurrency} requests in flight; end times are the rows' own updated_at.",
+        f"{args.concurrency} requests in flight, and at Ironic's sizes also "
+        f"{args.ironic_concurrency} (as many as Ironic's); the services' default timers "
+        f"(heartbeat 10 s, checks 5 s); end times are the rows' own updated_at.",
         f"Ironic: one process (`ironic`, rpc_transport = none), SQLite, noauth, fake-hardware "
         f"with fake interfaces, automated cleaning off, noop network (no port work); "
         f"{args.ironic_concurrency} requests in flight (its API server, cheroot with 10 "
@@ -364,6 +374,18 @@ def main(argv: list[str] | None = None) -> int:
                     *poll,
                     timeout=600 + nodes * 2,
                     labels={"system": "tetsu", "nodes": nodes, "conductors": conductors},
+                )  # fmt: skip
+        if "ironic" in args.only and args.ironic_concurrency != args.concurrency:
+            # Also as many requests in flight as Ironic gets: side by side on equal terms.
+            for nodes in parse_list(args.ironic_nodes):
+                tetsu += run_piece(
+                    "burst.py",
+                    "--nodes", str(nodes),
+                    "--conductors", "1",
+                    "--concurrency", str(args.ironic_concurrency),
+                    *poll,
+                    timeout=600 + nodes * 2,
+                    labels={"system": "tetsu", "nodes": nodes, "conductors": 1},
                 )  # fmt: skip
     if "ironic" in args.only:
         for nodes in parse_list(args.ironic_nodes):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from sqlalchemy import event, inspect
@@ -113,6 +113,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+@contextmanager
+def _session_on(engine: Engine) -> Iterator[Session]:
+    session = Session(engine, expire_on_commit=False)
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
 class SchemaMissing(RuntimeError):
     """The database is reachable but its tables were never created."""
 
@@ -134,34 +147,17 @@ class Database:
             else self.engine
         )
 
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        session = Session(self.engine, expire_on_commit=False)
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
+    def session(self) -> AbstractContextManager[Session]:
+        """A transaction: committed when the block ends, rolled back if it raises."""
+        return _session_on(self.engine)
 
-    @contextmanager
-    def reader(self) -> Iterator[Session]:
+    def reader(self) -> AbstractContextManager[Session]:
         """A session for reads: on PostgreSQL each statement runs on its own, without the
         BEGIN and COMMIT round trips of a transaction (three round trips for one SELECT
         become one). Under PostgreSQL's READ COMMITTED each statement of a transaction
         sees its own snapshot anyway, so reads see what they would have seen; a write
         made in it is committed at once, alone."""
-        session = Session(self._reads, expire_on_commit=False)
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
+        return _session_on(self._reads)
 
     def check(self) -> None:
         """Fail early and clearly when the database is unreachable or not migrated:

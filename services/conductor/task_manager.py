@@ -348,11 +348,10 @@ class TaskManager:
         # release_unreleased() later, or before this conductor takes the node again.
         self._unreleased: set[str] = set()
         self._unreleased_lock = threading.Lock()
-        # The nodes this conductor holds, known here too: a reservation of one of them (a
-        # ramdisk's report, or a request, racing the task that is finishing with it)
-        # waits in memory for the release, instead of asking the database again and
-        # sleeping between the attempts.
-        self._held: set[str] = set()
+        # Counts this conductor's releases: a reservation that finds the node locked by
+        # this same conductor waits for the next release instead of sleeping blind (a
+        # ramdisk's report, or a request, racing the task that is finishing with it).
+        self._releases = 0
         self._released = threading.Condition()
 
     @contextmanager
@@ -426,6 +425,7 @@ class TaskManager:
                     .values(reservation=None)
                 )
             self._unreleased.discard(node_id)
+        self._released_one()
         return True
 
     def release_stale_lock(self, node_id: str, holder: str) -> bool:
@@ -444,7 +444,7 @@ class TaskManager:
         if node_id in self._unreleased:
             self._release_again(node_id)
         while True:
-            self._wait_while_held(node_id, deadline, purpose)
+            releases = self._releases
             with self.db.session() as session:
                 taken = session.exec(
                     update(Node)
@@ -462,35 +462,27 @@ class TaskManager:
                         raise NotFound(f"node {node_id} not found")
                     holder = found[1]
             if taken:
-                with self._released:
-                    self._held.add(node_id)
                 return loaded
             remaining = deadline - time.monotonic()
             if holder is not None and remaining <= 0:
                 raise NodeLocked(
                     f"node {node_id} is locked by conductor {holder} (wanted for {purpose})"
                 )
-            if holder is not None:
+            if holder == self.hostname:
+                self._wait_for_a_release(releases, min(LOCK_RETRY_INTERVAL, remaining))
+            elif holder is not None:
                 time.sleep(min(LOCK_RETRY_INTERVAL, remaining))
 
-    def _wait_while_held(self, node_id: str, deadline: float, purpose: str) -> None:
-        """Wait until this conductor no longer holds ``node_id``; NodeLocked at
-        ``deadline`` if it still does."""
+    def _wait_for_a_release(self, seen: int, timeout: float) -> None:
+        """Wait until this conductor releases a lock after the ``seen``-th release, for
+        ``timeout`` seconds at most (the node may be another's by then: tried again)."""
         with self._released:
-            while node_id in self._held:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise NodeLocked(
-                        f"node {node_id} is locked by conductor {self.hostname} "
-                        f"(wanted for {purpose})"
-                    )
-                self._released.wait(remaining)
+            if self._releases == seen:
+                self._released.wait(timeout)
 
-    def _let_go(self, node_id: str) -> None:
-        """This conductor no longer holds ``node_id`` (released, or left to
-        release_unreleased): wake whoever waits for it."""
+    def _released_one(self) -> None:
         with self._released:
-            self._held.discard(node_id)
+            self._releases += 1
             self._released.notify_all()
 
     def _release(self, node_id: str) -> None:
@@ -501,6 +493,7 @@ class TaskManager:
                     .where(col(Node.id) == node_id, col(Node.reservation) == self.hostname)
                     .values(reservation=None)
                 )
+            self._released_one()
         except Exception as exc:
             # Released by release_unreleased() once the database is back (or, if this
             # process dies first, by the take-over of a later start).
@@ -511,8 +504,6 @@ class TaskManager:
                 LOG.warning("node %s: lock not released (database unavailable); later", node_id)
             else:
                 LOG.exception("could not release the lock on node %s", node_id)
-        finally:
-            self._let_go(node_id)
 
     def _load(self, ctxt: RequestContext, node_id: str, purpose: str, *, shared: bool) -> Task:
         with self.db.reader() as session:

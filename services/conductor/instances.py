@@ -27,7 +27,7 @@ class FailedDeploy(enum.Enum):
 
 def status_of(db: Database, instance_id: str) -> InstanceStatus | None:
     """The instance's status, or None if there is no such instance."""
-    with db.reader() as session:
+    with db.session() as session:
         status = session.exec(
             select(Instance.status).where(col(Instance.id) == instance_id)
         ).first()
@@ -36,7 +36,7 @@ def status_of(db: Database, instance_id: str) -> InstanceStatus | None:
 
 def network_ids_of(db: Database, instance_id: str) -> list[str]:
     """The networks the instance's ports go to, in port order (empty if no instance)."""
-    with db.reader() as session:
+    with db.session() as session:
         network_ids = session.exec(
             select(Instance.network_ids).where(col(Instance.id) == instance_id)
         ).first()
@@ -45,7 +45,7 @@ def network_ids_of(db: Database, instance_id: str) -> list[str]:
 
 def deleting_on(db: Database, node_id: str) -> str | None:
     """The id of an instance being deleted that still names ``node_id``, if any."""
-    with db.reader() as session:
+    with db.session() as session:
         return session.exec(
             select(Instance.id).where(
                 col(Instance.node_id) == node_id,

@@ -171,7 +171,7 @@ class ConductorManager:
     def _report_ramdisk(
         self, ctxt: RequestContext, node_id: str, token: str, success: bool, message: str | None
     ) -> None:
-        with self.db.reader() as session:
+        with self.db.session() as session:
             node = session.get(Node, node_id)
             info = dict(node.driver_internal_info or {}) if node is not None else {}
         if not callback_tokens.matches(info, token):

@@ -487,7 +487,7 @@ class TaskManager:
 
     def _release(self, node_id: str) -> None:
         try:
-            with self.db.reader() as session:  # one UPDATE: no transaction needed
+            with self.db.session() as session:
                 session.exec(
                     update(Node)
                     .where(col(Node.id) == node_id, col(Node.reservation) == self.hostname)
@@ -506,7 +506,7 @@ class TaskManager:
                 LOG.exception("could not release the lock on node %s", node_id)
 
     def _load(self, ctxt: RequestContext, node_id: str, purpose: str, *, shared: bool) -> Task:
-        with self.db.reader() as session:
+        with self.db.session() as session:
             node, ports = _read(session, node_id)
         return self._task(ctxt, node, ports, purpose, shared=shared)
 

@@ -55,15 +55,18 @@ def wait_for_conductors(api: APIClient, *, console: Console, timeout: float = 12
         raise DemoFailed(f"no conductor is alive after {timeout:g} s") from None
 
 
-def _provide(api: APIClient, node: Resource) -> None:
-    """Move a demo node on towards available: from enroll, manageable, or clean failed (its
-    cleaning can fail when the stack is still starting, e.g. before netctl listens)."""
+def _move_on(api: APIClient, node: Resource, managing: set[str]) -> None:
+    """Move a demo node one step on towards available: manage it from enroll or clean
+    failed, provide it once manageable. Managing is asynchronous (the conductor reads the
+    power state first and the node shows its old state meanwhile), so a node told to manage
+    is left alone (``managing``) until it shows manageable; the caller looks again."""
     state = node["provision_state"]
-    if state in ("enroll", "clean failed"):
-        api.nodes.set_provision_state(node["id"], "manage")
-        state = api.nodes.get(node["id"])["provision_state"]
     if state == "manageable":
+        managing.discard(node["id"])
         api.nodes.set_provision_state(node["id"], "provide")
+    elif state in ("enroll", "clean failed") and node["id"] not in managing:
+        managing.add(node["id"])
+        api.nodes.set_provision_state(node["id"], "manage")
 
 
 def seed(api: APIClient, *, nodes: int, console: Console, timeout: float = 120.0) -> None:
@@ -88,6 +91,9 @@ def seed(api: APIClient, *, nodes: int, console: Console, timeout: float = 120.0
             path.write_bytes(DEMO_IMAGE_BYTES)
             api.images.upload(image["id"], path)
     _find_or_create(api.networks, NETWORK, {"name": NETWORK})
+    managing: set[str] = set()
+    # Cleaning can fail while the stack is still starting (e.g. before netctl listens).
+    retries: dict[str, int] = {}
     for i in range(1, nodes + 1):
         name = f"demo-{i:02d}"
         try:
@@ -104,21 +110,19 @@ def seed(api: APIClient, *, nodes: int, console: Console, timeout: float = 120.0
                 }
             )
             api.ports.create({"address": f"52:54:00:de:00:{i:02x}", "node_id": node["id"]})
-        _provide(api, node)
-    retries: dict[str, int] = {}
+        _move_on(api, node, managing)
 
     def states() -> list[str]:
         demo = [n for n in api.nodes.list() if n["name"].startswith("demo-")]
         for node in demo:
-            if node["provision_state"] != "clean failed":
-                continue
-            if retries.get(node["name"], 0) >= CLEAN_RETRIES:
-                raise DemoFailed(
-                    f"demo node {node['name']} failed cleaning {CLEAN_RETRIES + 1} times: "
-                    f"{node.get('last_error')}"
-                )
-            retries[node["name"]] = retries.get(node["name"], 0) + 1
-            _provide(api, node)
+            if node["provision_state"] == "clean failed" and node["id"] not in managing:
+                if retries.get(node["name"], 0) >= CLEAN_RETRIES:
+                    raise DemoFailed(
+                        f"demo node {node['name']} failed cleaning {CLEAN_RETRIES + 1} times: "
+                        f"{node.get('last_error')}"
+                    )
+                retries[node["name"]] = retries.get(node["name"], 0) + 1
+            _move_on(api, node, managing)
         return [n["provision_state"] for n in demo]
 
     try:

@@ -607,7 +607,8 @@ def _make_guests(lab: Lab, count: int, disk_mb: int, memory_mb: int) -> None:
             disk=lab.workdir / f"node{index + 1}.img",
             serial_log=lab.workdir / f"node{index + 1}-serial.log",
             ipmi_username="admin",
-            ipmi_password=secrets.token_urlsafe(12),
+            # hex: a random password that starts with '-' reads as an option to vbmc
+            ipmi_password=secrets.token_hex(8),
             tap=f"{lab.bridge}-g{index + 1}",
         )
         with guest.disk.open("wb") as handle:  # sparse: an empty disk, as from the factory

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import httpx
 import pytest
@@ -12,7 +13,9 @@ from rich.console import Console
 from libs.cli.client import APIClient
 from libs.cli.demo_cloud import NETWORK, DemoFailed, deploy, seed
 
-from .fakeapi import ADMIN_TOKEN, FakeAPI
+from .fakeapi import ADMIN_TOKEN, PROVISION_STEPS, FakeAPI
+
+MANAGED = PROVISION_STEPS["manage"]
 
 
 def client(api: FakeAPI) -> APIClient:
@@ -67,3 +70,27 @@ def test_a_node_that_keeps_failing_cleaning_is_retried_then_named(api):
     )
     provides = [r for r in api.calls("PUT", "/v1/nodes/") if b"provide" in r.content]
     assert len(provides) == 4
+
+
+def test_a_node_still_enrolling_after_manage_is_provided_once_manageable(api, monkeypatch):
+    # The conductor manages in the background: the node shows "enroll" for a while after
+    # the API accepted "manage" (the seed once looked only right after, and waited forever).
+    monkeypatch.setitem(
+        PROVISION_STEPS, "manage", [("enroll", "manageable"), ("enroll", "manageable"), *MANAGED]
+    )
+
+    def conductor_at_work(request: httpx.Request) -> httpx.Response:
+        # Each look at the node list (or at one node) finds the conductor one step further.
+        if request.method == "GET" and request.url.path.startswith("/v1/nodes"):
+            for node in api.items["nodes"].values():
+                if api.steps.get(node["id"]):
+                    api._advance(node)
+        response: httpx.Response = api.handle(request)
+        return response
+
+    api.handler = conductor_at_work
+    with client(api) as demo_api:
+        seed(demo_api, nodes=2, console=quiet(), timeout=30)
+    assert [n["provision_state"] for n in api.items["nodes"].values()] == ["available"] * 2
+    targets = [json.loads(r.content)["target"] for r in api.calls("PUT", "/v1/nodes/")]
+    assert sorted(targets) == ["manage", "manage", "provide", "provide"]

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from libs import rpc
-from libs.db import Database, Node, is_unavailable
+from libs.db import Database, is_unavailable
 from libs.errors import BadRequest, InvalidStateTransition, NodeLocked, TetsuError
 from libs.notify import Notifier, bus_for
 from libs.rpc import RequestContext, Transport, current_context
@@ -98,16 +98,19 @@ class ConductorManager:
     ) -> None:
         """The ramdisk finished its deploy or cleaning (the caller checked its token)."""
         with self.tasks.acquire(ctxt, node_id, "ramdisk callback") as task:
-            state = task.node.provision_state
-            if state == ProvisionState.DEPLOYWAIT:
-                self.deployments.resume(task, success, message)
-            elif state == ProvisionState.CLEANWAIT:
-                self.cleaning.resume(task, success, message)
-            else:
-                raise InvalidStateTransition(
-                    f"node {node_id} is not waiting for a ramdisk callback "
-                    f"(provision state {state!r})"
-                )
+            self._resume(task, success, message)
+
+    def _resume(self, task: Task, success: bool, message: str | None) -> None:
+        state = task.node.provision_state
+        if state == ProvisionState.DEPLOYWAIT:
+            self.deployments.resume(task, success, message)
+        elif state == ProvisionState.CLEANWAIT:
+            self.cleaning.resume(task, success, message)
+        else:
+            raise InvalidStateTransition(
+                f"node {task.node.id} is not waiting for a ramdisk callback "
+                f"(provision state {state!r})"
+            )
 
     @rpc.expose
     def do_provisioning_action(self, ctxt: RequestContext, *, node_id: str, action: str) -> None:
@@ -171,13 +174,12 @@ class ConductorManager:
     def _report_ramdisk(
         self, ctxt: RequestContext, node_id: str, token: str, success: bool, message: str | None
     ) -> None:
-        with self.db.session() as session:
-            node = session.get(Node, node_id)
-            info = dict(node.driver_internal_info or {}) if node is not None else {}
-        if not callback_tokens.matches(info, token):
-            LOG.warning("node %s: a ramdisk called back with a token no longer valid", node_id)
-            return
-        self.ramdisk_callback(ctxt, node_id=node_id, success=success, message=message)
+        # The token is checked on the node the task holds: no read of its own first.
+        with self.tasks.acquire(ctxt, node_id, "ramdisk callback") as task:
+            if not callback_tokens.matches(task.node.driver_internal_info, token):
+                LOG.warning("node %s: a ramdisk called back with a token no longer valid", node_id)
+                return
+            self._resume(task, success, message)
 
 
 def _validate(task: Task, kind: InterfaceKind) -> dict[str, Any]:

@@ -254,7 +254,7 @@ def test_a_ramdisk_callback_that_fails_unexpectedly_is_logged(
     def database_gone(*args: object, **kwargs: object) -> None:
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(service.manager, "ramdisk_callback", database_gone)
+    monkeypatch.setattr(service.manager, "_resume", database_gone)
     cloud.api.deploy_node(cloud.ctxt, node_id, instance_id)
 
     record = wait_for(

@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from sqlalchemy import event as sa_event
 from sqlmodel import col, update
 
 from libs.db import Node
@@ -89,6 +91,48 @@ def test_a_lock_this_conductor_holds_is_taken_as_soon_as_it_is_released(
     waiter.join(20)
     assert not waiter.is_alive()
     assert waited and waited[0] < 10.0  # not the 30 s retry interval
+
+
+def test_a_wait_for_this_conductors_lock_is_not_woken_by_other_nodes_releases(
+    cloud: Cloud, tasks: TaskManager, monkeypatch: pytest.MonkeyPatch
+):
+    """Each release of another node does not send the waiter to the database again: with
+    many nodes at work that was one futile reservation attempt per release."""
+    monkeypatch.setattr(task_manager, "LOCK_RETRY_INTERVAL", 30.0)
+    wanted, other = cloud.make_node(), cloud.make_node()
+    attempts: list[str] = []
+
+    def count(
+        _conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool
+    ) -> None:
+        if statement.startswith("UPDATE node SET reservation") and wanted in str(parameters):
+            attempts.append(statement)
+
+    sa_event.listen(cloud.db.engine, "before_cursor_execute", count)
+    ctxt = RequestContext.admin()
+    holding, taken = threading.Event(), threading.Event()
+
+    def second() -> None:
+        holding.wait(5)
+        with tasks.acquire(ctxt, wanted, "second", wait=60.0):
+            taken.set()
+
+    waiter = threading.Thread(target=second)
+    waiter.start()
+    try:
+        with tasks.acquire(ctxt, wanted, "first"):
+            holding.set()
+            wait_for(lambda: len(attempts) >= 2, what="the second one's first attempt")
+            for _ in range(5):
+                with tasks.acquire(ctxt, other, "busy elsewhere"):
+                    pass
+            time.sleep(0.2)
+            # The first take and the second one's failed try; no try at B's releases.
+            assert len([a for a in attempts if "IS NULL" in a]) == 2
+        waiter.join(20)
+    finally:
+        sa_event.remove(cloud.db.engine, "before_cursor_execute", count)
+    assert taken.is_set()
 
 
 def test_acquire_of_a_missing_node_is_not_found(tasks: TaskManager):

@@ -54,13 +54,15 @@ def claim_node(
                 not_(col(Node.maintenance)),
             )
             .values(instance_id=instance_id, updated_at=now)
+            .execution_options(synchronize_session=False)
         )
         if node.rowcount != 1:
             return ClaimOutcome.NODE_TAKEN
-        if not record_node(session, instance_id, node_id, now):
+        instance = record_node(session, instance_id, node_id, now)
+        if instance is None:
             session.rollback()  # releases the node: it was never claimed for anyone else
             return ClaimOutcome.INSTANCE_GONE
-        notifier.instance_by_id(session, instance_id, "schedule", Phase.END)
+        notifier.instance(session, instance, "schedule", Phase.END)
     return ClaimOutcome.CLAIMED
 
 
@@ -73,10 +75,12 @@ def _waits_for_a_node(instance_id: str) -> tuple[ColumnElement[bool], ...]:
     )
 
 
-def record_node(session: Session, instance_id: str, node_id: str, now: datetime) -> bool:
+def record_node(session: Session, instance_id: str, node_id: str, now: datetime) -> Instance | None:
     """Give the instance its node, if it still waits in BUILD for one (the caller rolls
-    back its claim of the node otherwise): one more attempt, now deploying."""
-    instance = session.exec(
+    back its claim of the node otherwise): one more attempt, now deploying. Returns the
+    instance as it is now (for its event, without reading it again), None if it no
+    longer waits."""
+    instance: Instance | None = session.execute(
         update(Instance)
         .where(*_waits_for_a_node(instance_id))
         .values(
@@ -85,8 +89,10 @@ def record_node(session: Session, instance_id: str, node_id: str, now: datetime)
             attempts=col(Instance.attempts) + 1,
             updated_at=now,
         )
-    )
-    return bool(instance.rowcount == 1)
+        .returning(Instance)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    ).scalar_one_or_none()
+    return instance
 
 
 def release_claim(

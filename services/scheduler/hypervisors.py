@@ -208,11 +208,12 @@ def _claim_on_hypervisor(
                 )
             )
         session.flush()
-        if not record_node(session, spec.instance_id, node_id, now):
+        instance = record_node(session, spec.instance_id, node_id, now)
+        if instance is None:
             session.rollback()  # no node made: the room stays free
             return ClaimOutcome.INSTANCE_GONE, None
         notifier.node(session, node, "create", Phase.END, instance_id=spec.instance_id)
-        notifier.instance_by_id(session, spec.instance_id, "schedule", Phase.END)
+        notifier.instance(session, instance, "schedule", Phase.END)
     LOG.info("instance %s: VM node %s made on hypervisor %s", spec.instance_id, node_id, name)
     return ClaimOutcome.CLAIMED, node_id
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import update
-from sqlmodel import col
+from sqlmodel import col, select
 
 from libs.db import InstanceStatus, Node
+from libs.db.models import Event
+from libs.notify import Notifier
 from services.scheduler.claims import ClaimOutcome, claim_node, release_claim
 from tests.unit.scheduler.estate import Estate
 
@@ -46,3 +48,19 @@ def test_a_claim_whose_conductor_got_the_cast_after_all_is_kept(estate):
     assert estate.get_node(node.id).instance_id == instance.id
     deploying = estate.get_instance(instance.id)
     assert (deploying.status, deploying.node_id) == (InstanceStatus.BUILD, node.id)
+
+
+def test_a_claims_event_shows_the_instance_as_the_claim_left_it(estate):
+    instance = estate.instance(estate.flavor())
+    node = estate.node("n1")
+    assert claim_node(estate.db, instance.id, node.id, Notifier()) is ClaimOutcome.CLAIMED
+
+    with estate.db.session() as session:
+        (event,) = session.exec(select(Event).where(col(Event.object_id) == instance.id)).all()
+    assert event.event_type == "tetsu.instance.schedule.end"
+    payload = event.payload
+    assert (payload["node_id"], payload["task_state"], payload["attempts"]) == (
+        node.id,
+        "deploying",
+        1,
+    )

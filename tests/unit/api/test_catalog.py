@@ -40,6 +40,16 @@ def test_flavor_create_list_show_delete(client, alice):
     assert client.get("/v1/flavors/large", headers=alice.headers).status_code == 404
 
 
+def test_a_flavor_is_found_by_its_id_before_another_flavors_name(client, alice):
+    first = client.post("/v1/flavors", json=FLAVOR, headers=ADMIN).json()
+    # A name may look like an id: the flavor with that id still wins.
+    named = client.post("/v1/flavors", json={**FLAVOR, "name": first["id"]}, headers=ADMIN).json()
+
+    assert client.get(f"/v1/flavors/{first['id']}", headers=alice.headers).json() == first
+    assert client.get(f"/v1/flavors/{named['id']}", headers=alice.headers).json() == named
+    assert client.get("/v1/flavors/nothing-like-it", headers=alice.headers).status_code == 404
+
+
 def test_flavor_list_filters_by_resource_class(client, catalog):
     client.post("/v1/flavors", json=FLAVOR, headers=ADMIN)
     listed = client.get("/v1/flavors?resource_class=gpu", headers=ADMIN).json()

@@ -26,6 +26,23 @@ def quiet() -> Console:
     return Console(file=io.StringIO())
 
 
+def conductor_at_work(api: FakeAPI, *, every_step: bool) -> None:
+    """Let the fake conductor move the nodes on at each look at them: through every queued
+    step, or one step a look."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and request.url.path.startswith("/v1/nodes"):
+            for node in api.items["nodes"].values():
+                while api.steps.get(node["id"]):
+                    api._advance(node)
+                    if not every_step:
+                        break
+        response: httpx.Response = api.handle(request)
+        return response
+
+    api.handler = handler
+
+
 def test_nodes_that_never_become_available_fail_the_demo(api):
     # The fake API moves a node only when it is shown alone; the demo lists them.
     with client(api) as demo_api, pytest.raises(DemoFailed) as failed:
@@ -52,17 +69,8 @@ def test_a_node_that_keeps_failing_cleaning_is_retried_then_named(api):
         last_error="moving ports failed: NoConsumer",
     )
     api.fail_clean = "moving ports failed: NoConsumer"
-
-    def conductor_at_work(request: httpx.Request) -> httpx.Response:
-        # Each look at the node list finds the conductor done with every queued step.
-        if request.method == "GET" and request.url.path == "/v1/nodes":
-            for node in api.items["nodes"].values():
-                while api.steps.get(node["id"]):
-                    api._advance(node)
-        response: httpx.Response = api.handle(request)
-        return response
-
-    api.handler = conductor_at_work
+    # Each look at the node list finds the conductor done with every queued step.
+    conductor_at_work(api, every_step=True)
     with client(api) as demo_api, pytest.raises(DemoFailed) as failed:
         seed(demo_api, nodes=1, console=quiet(), timeout=30)
     assert str(failed.value) == (
@@ -79,16 +87,8 @@ def test_a_node_still_enrolling_after_manage_is_provided_once_manageable(api, mo
         PROVISION_STEPS, "manage", [("enroll", "manageable"), ("enroll", "manageable"), *MANAGED]
     )
 
-    def conductor_at_work(request: httpx.Request) -> httpx.Response:
-        # Each look at the node list (or at one node) finds the conductor one step further.
-        if request.method == "GET" and request.url.path.startswith("/v1/nodes"):
-            for node in api.items["nodes"].values():
-                if api.steps.get(node["id"]):
-                    api._advance(node)
-        response: httpx.Response = api.handle(request)
-        return response
-
-    api.handler = conductor_at_work
+    # Each look at the node list (or at one node) finds the conductor one step further.
+    conductor_at_work(api, every_step=False)
     with client(api) as demo_api:
         seed(demo_api, nodes=2, console=quiet(), timeout=30)
     assert [n["provision_state"] for n in api.items["nodes"].values()] == ["available"] * 2

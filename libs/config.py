@@ -84,6 +84,15 @@ class CommonSettings(BaseSettings):
         gt=0,
         description="Seconds without a heartbeat after which a conductor counts as dead",
     )
+    nice: int = Field(
+        default=0,
+        ge=0,
+        le=19,
+        description="How far below the host's other processes this service runs for CPU "
+        "(Unix niceness, 0-19). On a host the API shares with the scheduler, the conductors "
+        "and netctl, running those at 10 lets the API answer first while they work through "
+        "a burst (deploy/compose.yaml does). A process cannot raise its priority again.",
+    )
 
     @classmethod
     def settings_customise_sources(

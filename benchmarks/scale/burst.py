@@ -6,6 +6,8 @@ the scheduler, one or more conductors, netctl) on the real RabbitMQ (a vhost of 
 and a fresh PostgreSQL database, exactly as tests/integration/stack.py starts them. Nodes
 are enrolled over REST (node, port, manage, provide), with the fake drivers and
 ``fake_delay: 0``; each instance joins one network, so netctl binds a port per deploy.
+The workers (scheduler, conductors, netctl) run at niceness 10 by default, as
+deploy/compose.yaml runs them (``--worker-nice 0``: at the API's priority).
 
     .venv/bin/python benchmarks/scale/burst.py --nodes 100 --conductors 1
 
@@ -87,8 +89,14 @@ def expect(response: httpx.Response, *statuses: int) -> dict[str, Any]:
     return response.json() if response.content else {}
 
 
+#: The workers' niceness in deploy/compose.yaml (TETSU_WORKER_NICE's default).
+WORKER_NICE = 10
+
+
 @contextmanager
-def tetsu_stack(conductors: int, extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
+def tetsu_stack(
+    conductors: int, extra_env: dict[str, str] | None = None, worker_nice: int = WORKER_NICE
+) -> Iterator[Stack]:
     """A fresh database and vhost, the services running on them; all removed afterwards."""
     db_name, db_url = create_database()
     vhost = f"tetsu-scale-{uuid.uuid4().hex[:8]}"
@@ -102,6 +110,7 @@ def tetsu_stack(conductors: int, extra_env: dict[str, str] | None = None) -> Ite
             transport_url=amqp_url,
             conductors=conductors,
             extra_env=extra_env,
+            worker_env={"TETSU_NICE": str(worker_nice)},
         ) as stack:
             yield stack
         finished = True
@@ -439,14 +448,24 @@ def stop_profilers(profilers: list[subprocess.Popen[bytes]]) -> None:
 
 
 def run(
-    nodes: int, conductors: int, *, concurrency: int, poll: float, profile_dir: Path | None = None
+    nodes: int,
+    conductors: int,
+    *,
+    concurrency: int,
+    poll: float,
+    worker_nice: int = WORKER_NICE,
+    profile_dir: Path | None = None,
 ) -> dict[str, Any]:
-    log(f"[tetsu] N={nodes}, {conductors} conductor(s): starting the services ...")
-    with tetsu_stack(conductors, PRODUCT_TIMERS) as stack:
+    log(
+        f"[tetsu] N={nodes}, {conductors} conductor(s), workers at niceness {worker_nice}: "
+        "starting the services ..."
+    )
+    with tetsu_stack(conductors, PRODUCT_TIMERS, worker_nice) as stack:
         result = run_burst(
             stack, nodes, concurrency=concurrency, poll=poll, profile_dir=profile_dir
         )
     result["conductors"] = conductors
+    result["worker_nice"] = worker_nice
     return result
 
 
@@ -464,6 +483,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--poll", type=float, default=1.0, help="seconds between looks at the progress (1)"
     )
     parser.add_argument(
+        "--worker-nice",
+        type=int,
+        default=WORKER_NICE,
+        choices=range(20),
+        metavar="0-19",
+        help=f"the workers' TETSU_NICE ({WORKER_NICE}, as deploy/compose.yaml; 0: the API's)",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         metavar="DIR",
@@ -479,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         args.conductors,
         concurrency=args.concurrency,
         poll=args.poll,
+        worker_nice=args.worker_nice,
         profile_dir=args.profile,
     )
     print(json.dumps(result))

@@ -142,8 +142,10 @@ def running_stack(
     conductors: int = 1,
     port: int | None = None,
     extra_env: Mapping[str, str] | None = None,
+    worker_env: Mapping[str, str] | None = None,
 ) -> Iterator[Stack]:
-    """The services running in ``workdir``; ``extra_env`` adds settings (``TETSU_*``)."""
+    """The services running in ``workdir``; ``extra_env`` adds settings (``TETSU_*``),
+    ``worker_env`` settings of the workers only (netctl, conductors, scheduler)."""
     port = port or free_port()
     token = secrets.token_urlsafe(24)
     env = {
@@ -164,10 +166,12 @@ def running_stack(
     stack = Stack(f"http://127.0.0.1:{port}", token, env, workdir)
     RUNNING.append(stack)
     try:
-        stack.start("netctl", "netctl", {"TETSU_HOSTNAME": "netctl-1"})
+        workers = dict(worker_env or {})
+        stack.start("netctl", "netctl", {**workers, "TETSU_HOSTNAME": "netctl-1"})
         for i in range(1, conductors + 1):
-            stack.start(f"conductor-{i}", "conductor", {"TETSU_HOSTNAME": f"conductor-{i}"})
-        stack.start("scheduler", "scheduler", {"TETSU_HOSTNAME": "scheduler-1"})
+            name = f"conductor-{i}"
+            stack.start(name, "conductor", {**workers, "TETSU_HOSTNAME": name})
+        stack.start("scheduler", "scheduler", {**workers, "TETSU_HOSTNAME": "scheduler-1"})
         stack.start("api", "api")
 
         def api_ready() -> bool:

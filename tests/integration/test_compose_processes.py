@@ -224,6 +224,15 @@ class ComposeProcesses:
         return codes
 
 
+def thread_niceness(pid: int) -> set[int]:
+    """The niceness of each thread of process ``pid`` (field 19 of its stat)."""
+    values = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        values.add(int(fields[16]))
+    return values
+
+
 @pytest.fixture
 def compose(amqp_url: str, tmp_path: Path) -> Iterator[ComposeProcesses]:
     name, url = empty_database()
@@ -255,6 +264,11 @@ def test_the_compose_services_run_as_processes_and_serve_an_instance(compose):
     assert compose.finished == {"migrate": 0, "seed": 0}, compose.logs()
     assert "demo cloud ready" in compose.running["seed"].log.read_text()
     compose.check_alive()
+    # The workers yield the CPU to the API (TETSU_NICE), every thread of theirs.
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    for name in ("scheduler", "netctl", *conductors):
+        assert thread_niceness(compose.running[name].popen.pid) == {max(ours, 10)}, name
+    assert thread_niceness(compose.running["api"].popen.pid) == {ours}
     # A second `docker compose up` runs the seed again: it keeps what is there.
     assert compose.run_again("seed") == 0, compose.logs()
 

@@ -1,10 +1,15 @@
-"""The process runner sizes each service's database pool from its worker threads."""
+"""The process runner sizes each service's database pool from its worker threads and
+lowers its CPU priority as its settings say."""
 
 from __future__ import annotations
 
-import pytest
+import os
+import threading
 
-from libs.cli.processes import ServiceName, pool_size_for, service_kind
+import pytest
+from pydantic import ValidationError
+
+from libs.cli.processes import ServiceName, lower_cpu_priority, pool_size_for, service_kind
 from libs.db.engine import DEFAULT_POOL_SIZE, MAX_OVERFLOW
 from services.api.settings import APISettings
 from services.conductor.settings import ConductorSettings
@@ -39,3 +44,52 @@ def test_no_service_defaults_to_an_in_memory_database(
     settings = service_kind(name).settings()
     assert settings.database_url.startswith(("sqlite:///", "postgresql"))
     assert settings.database_url not in ("sqlite://", "sqlite:///:memory:")
+
+
+def test_a_service_lowers_its_cpu_priority_for_itself_and_the_threads_it_starts() -> None:
+    seen: dict[str, int] = {}
+
+    def service_main() -> None:
+        # In a thread of its own: a thread's priority is its own, so the test process
+        # keeps its priority.
+        before = os.getpriority(os.PRIO_PROCESS, 0)
+        seen["target"] = min(before + 3, 19)
+        seen["applied"] = lower_cpu_priority(seen["target"])
+        seen["after"] = os.getpriority(os.PRIO_PROCESS, 0)
+        worker = threading.Thread(
+            target=lambda: seen.update(worker=os.getpriority(os.PRIO_PROCESS, 0))
+        )
+        worker.start()
+        worker.join()
+        # Asked for less than it has: stays (raising it back needs privileges).
+        seen["again"] = lower_cpu_priority(before)
+        seen["finally"] = os.getpriority(os.PRIO_PROCESS, 0)
+
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    thread = threading.Thread(target=service_main)
+    thread.start()
+    thread.join()
+
+    target = seen["target"]
+    assert seen == {
+        "target": target,
+        "applied": target,
+        "after": target,
+        "worker": target,
+        "again": target,
+        "finally": target,
+    }
+    assert os.getpriority(os.PRIO_PROCESS, 0) == ours
+
+
+def test_niceness_is_a_setting_of_every_service_within_unix_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("TETSU_CONFIG", raising=False)
+    monkeypatch.delenv("TETSU_NICE", raising=False)
+    assert {service_kind(name).settings().nice for name in ServiceName} == {0}
+    monkeypatch.setenv("TETSU_NICE", "10")
+    assert ConductorSettings().nice == 10
+    monkeypatch.setenv("TETSU_NICE", "20")
+    with pytest.raises(ValidationError, match="nice"):
+        ConductorSettings()

@@ -11,12 +11,14 @@ or odd URLs cannot grow the number of series.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import func
 from sqlmodel import select
@@ -27,6 +29,10 @@ if TYPE_CHECKING:
     from libs.db import Database
 
 LOG = logging.getLogger(__name__)
+
+#: Where the processes of one service keep their counters when several serve it together
+#: (the API's workers): prometheus_client reads it when it is imported.
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 #: Deploys and cleanings take seconds (fake hardware) to tens of minutes (real disks).
 DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
@@ -97,11 +103,17 @@ class NodesCollector(Collector):
 
 
 class ServiceRegistry(Collector):
-    """What one process exposes: the process-wide metrics, plus the node count when it
-    has a database to read it from."""
+    """What one process exposes: the process-wide metrics (of all the service's processes
+    when several serve it), plus the node count when it has a database to read it from."""
 
     def __init__(self, db: Database | None = None) -> None:
         self._parts: list[Collector] = [REGISTRY]
+        folder = os.environ.get(MULTIPROCESS_DIR_ENV)
+        if folder:
+            # One of several processes: the counts of them all, from their shared files.
+            shared = CollectorRegistry()
+            MultiProcessCollector(shared, path=folder)  # type: ignore[no-untyped-call]
+            self._parts = [shared]
         if db is not None:
             self._parts.append(NodesCollector(db))
 

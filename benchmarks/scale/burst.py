@@ -6,8 +6,9 @@ the scheduler, one or more conductors, netctl) on the real RabbitMQ (a vhost of 
 and a fresh PostgreSQL database, exactly as tests/integration/stack.py starts them. Nodes
 are enrolled over REST (node, port, manage, provide), with the fake drivers and
 ``fake_delay: 0``; each instance joins one network, so netctl binds a port per deploy.
-The workers (scheduler, conductors, netctl) run at niceness 10 by default, as
-deploy/compose.yaml runs them (``--worker-nice 0``: at the API's priority).
+As deploy/compose.yaml runs them by default, the API serves in two processes and the
+workers (scheduler, conductors, netctl) run at niceness 10 (``--api-workers 1
+--worker-nice 0``: one API process, everything at the same priority).
 
     .venv/bin/python benchmarks/scale/burst.py --nodes 100 --conductors 1
 
@@ -43,6 +44,7 @@ from benchmarks.scale.common import (  # noqa: E402
     Prober,
     burst,
     cpu_seconds,
+    descendants,
     log,
     peak_rss_mib,
     timestamp,
@@ -91,11 +93,16 @@ def expect(response: httpx.Response, *statuses: int) -> dict[str, Any]:
 
 #: The workers' niceness in deploy/compose.yaml (TETSU_WORKER_NICE's default).
 WORKER_NICE = 10
+#: The API's processes in deploy/compose.yaml (TETSU_API_WORKERS's default there).
+API_WORKERS = 2
 
 
 @contextmanager
 def tetsu_stack(
-    conductors: int, extra_env: dict[str, str] | None = None, worker_nice: int = WORKER_NICE
+    conductors: int,
+    extra_env: dict[str, str] | None = None,
+    worker_nice: int = WORKER_NICE,
+    api_workers: int = API_WORKERS,
 ) -> Iterator[Stack]:
     """A fresh database and vhost, the services running on them; all removed afterwards."""
     db_name, db_url = create_database()
@@ -109,7 +116,7 @@ def tetsu_stack(
             database_url=db_url,
             transport_url=amqp_url,
             conductors=conductors,
-            extra_env=extra_env,
+            extra_env={**(extra_env or {}), "TETSU_API_WORKERS": str(api_workers)},
             worker_env={"TETSU_NICE": str(worker_nice)},
         ) as stack:
             yield stack
@@ -374,13 +381,15 @@ def run_burst(
             stop_profilers(profilers)
             member.close()
     result["seq_scans"] = sequential_scans(stack.env["TETSU_DATABASE_URL"])
-    result["processes"] = {
-        name: {
-            "peak_rss_mib": peak_rss_mib(process.popen.pid),
-            "cpu_s": cpu_seconds(process.popen.pid),
-        }
-        for name, process in stack.processes.items()
-    }
+    result["processes"] = {}
+    for name, process in stack.processes.items():
+        # The API's worker processes (and multiprocessing's helper) each on a row of its own.
+        for pid in descendants(process.popen.pid):
+            label = name if pid == process.popen.pid else f"{name} child pid {pid}"
+            result["processes"][label] = {
+                "peak_rss_mib": peak_rss_mib(pid),
+                "cpu_s": cpu_seconds(pid),
+            }
     return result
 
 
@@ -426,6 +435,7 @@ def start_profilers(stack: Stack, folder: Path | None) -> list[subprocess.Popen[
                 "raw",
                 "--threads",
                 "--nonblocking",
+                "--subprocesses",
                 "--output",
                 str(folder / f"{name}.txt"),
             ],
@@ -454,18 +464,20 @@ def run(
     concurrency: int,
     poll: float,
     worker_nice: int = WORKER_NICE,
+    api_workers: int = API_WORKERS,
     profile_dir: Path | None = None,
 ) -> dict[str, Any]:
     log(
-        f"[tetsu] N={nodes}, {conductors} conductor(s), workers at niceness {worker_nice}: "
-        "starting the services ..."
+        f"[tetsu] N={nodes}, {conductors} conductor(s), {api_workers} API process(es), "
+        f"workers at niceness {worker_nice}: starting the services ..."
     )
-    with tetsu_stack(conductors, PRODUCT_TIMERS, worker_nice) as stack:
+    with tetsu_stack(conductors, PRODUCT_TIMERS, worker_nice, api_workers) as stack:
         result = run_burst(
             stack, nodes, concurrency=concurrency, poll=poll, profile_dir=profile_dir
         )
     result["conductors"] = conductors
     result["worker_nice"] = worker_nice
+    result["api_workers"] = api_workers
     return result
 
 
@@ -491,6 +503,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"the workers' TETSU_NICE ({WORKER_NICE}, as deploy/compose.yaml; 0: the API's)",
     )
     parser.add_argument(
+        "--api-workers",
+        type=int,
+        default=API_WORKERS,
+        help=f"the API's processes, TETSU_API_WORKERS ({API_WORKERS}, as deploy/compose.yaml)",
+    )
+    parser.add_argument(
         "--profile",
         type=Path,
         metavar="DIR",
@@ -507,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         concurrency=args.concurrency,
         poll=args.poll,
         worker_nice=args.worker_nice,
+        api_workers=args.api_workers,
         profile_dir=args.profile,
     )
     print(json.dumps(result))

@@ -82,6 +82,7 @@ BURST_COLUMNS = (
     "system",
     "N",
     "conductors",
+    "API processes / workers' nice",
     "in flight",
     "enroll s",
     "create -> all ACTIVE s",
@@ -99,7 +100,7 @@ def burst_rows(results: list[dict[str, Any]]) -> list[list[str]]:
         if "error" in r or "skipped" in r:
             why = r.get("error") or r.get("skipped")
             rows.append(
-                [r.get("system", "?"), fmt(r.get("nodes")), fmt(r.get("conductors")), "-"]
+                [r.get("system", "?"), fmt(r.get("nodes")), fmt(r.get("conductors")), "-", "-"]
                 + [str(why)[:80]]
                 + ["-"] * 6
             )
@@ -113,6 +114,7 @@ def burst_rows(results: list[dict[str, Any]]) -> list[list[str]]:
                 r["system"] + (f" {r['version']}" if r.get("version") else ""),
                 fmt(r["nodes"]),
                 fmt(r.get("conductors", "1 (all-in-one)")),
+                f"{r['api_workers']} / {r['worker_nice']}" if "api_workers" in r else "-",
                 fmt(r.get("concurrency")),
                 fmt(r["enroll_s"]),
                 fmt(r["active_s"]),
@@ -178,7 +180,8 @@ def side_rows(tetsu: list[dict[str, Any]], ironic: list[dict[str, Any]]) -> list
             rows.append(
                 [
                     fmt(i["nodes"]),
-                    f"{fmt(t.get('concurrency'))} / {fmt(i.get('concurrency'))}",
+                    f"{fmt(t.get('concurrency'))} / {fmt(i.get('concurrency'))}"
+                    + (" (tetsu: 1 API process, nice 0)" if t.get("api_workers") == 1 else ""),
                     fmt(t["active_s"]),
                     fmt(t["available_s"]),
                     fmt(t["total_s"]),
@@ -233,6 +236,8 @@ def aim_lines(
         if "active_s" not in t:
             continue
         label = f"N={t['nodes']}, {t['conductors']} conductor(s), {t['concurrency']} in flight"
+        if "api_workers" in t:
+            label += f", {t['api_workers']} API process(es), workers' nice {t['worker_nice']}"
         p99 = api_p99(t)
         if t["nodes"] >= 1000:
             lines.append(
@@ -267,7 +272,9 @@ def notes(ironic: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
         f"fake_delay 0; each instance joins one network (netctl binds a port per deploy); "
         f"{args.concurrency} requests in flight, and at Ironic's sizes also "
         f"{args.ironic_concurrency} (as many as Ironic's); the services' default timers "
-        f"(heartbeat 10 s, checks 5 s); end times are the rows' own updated_at.",
+        f"(heartbeat 10 s, checks 5 s); as deploy/compose.yaml runs them, the API in two "
+        f"processes and the workers at niceness 10 unless the row says otherwise; end "
+        f"times are the rows' own updated_at.",
         f"Ironic: one process (`ironic`, rpc_transport = none), SQLite, noauth, fake-hardware "
         f"with fake interfaces, automated cleaning off, noop network (no port work); "
         f"{args.ironic_concurrency} requests in flight (its API server, cheroot with 10 "
@@ -340,6 +347,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--scheduler-nodes", default="1000,10000,100000", help="estate sizes (1000,10000,100000)"
     )
     parser.add_argument("--decisions", type=int, default=100, help="decisions per size (100)")
+    parser.add_argument(
+        "--baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also the smallest burst with one API process and every process at one priority",
+    )
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between looks (1)")
     parser.add_argument(
         "--only", default=",".join(PIECES), help="comma-separated subset of: " + ", ".join(PIECES)
@@ -387,6 +400,20 @@ def main(argv: list[str] | None = None) -> int:
                     timeout=600 + nodes * 2,
                     labels={"system": "tetsu", "nodes": nodes, "conductors": 1},
                 )  # fmt: skip
+        if args.baseline:
+            # As the services ran before: one API process, every process at one priority.
+            nodes = min(parse_list(args.ironic_nodes) or parse_list(args.nodes))
+            tetsu += run_piece(
+                "burst.py",
+                "--nodes", str(nodes),
+                "--conductors", "1",
+                "--concurrency", str(args.ironic_concurrency),
+                "--api-workers", "1",
+                "--worker-nice", "0",
+                *poll,
+                timeout=600 + nodes * 2,
+                labels={"system": "tetsu", "nodes": nodes, "conductors": 1},
+            )  # fmt: skip
     if "ironic" in args.only:
         for nodes in parse_list(args.ironic_nodes):
             ironic += run_piece(

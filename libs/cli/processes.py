@@ -54,7 +54,7 @@ class ServiceKind:
 #: Each service's settings class and service class, as "module:attribute": a process
 #: imports only the service it runs (a conductor does not load the web framework).
 SERVICES: dict[ServiceName, tuple[str, str]] = {
-    ServiceName.API: ("services.api.settings:APISettings", "services.api.service:APIService"),
+    ServiceName.API: ("services.api.settings:APISettings", "services.api.service:build_api"),
     ServiceName.SCHEDULER: (
         "services.scheduler.settings:SchedulerSettings",
         "services.scheduler.service:SchedulerService",

@@ -5,16 +5,24 @@ foreground (``tetsu service api``).
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event as ProcessEvent
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
 from libs.db import Database
-from libs.rpc import Transport
+from libs.metrics import MULTIPROCESS_DIR_ENV
+from libs.rpc import Transport, transport_from_url
 
 from .app import create_app
 from .settings import APISettings
@@ -52,39 +60,13 @@ class APIService:
         return f"http://{host}:{self.port}"
 
     def _bind(self) -> socket.socket:
-        # Bound here rather than by uvicorn, so a busy port raises OSError to the caller
-        # (uvicorn would exit the process) and port 0 can be read back at once. The protocol
-        # is named: asyncio turns Nagle's algorithm off only on sockets whose ``proto`` is
-        # IPPROTO_TCP, and uvicorn writes an answer's head and body apart, so on a socket
-        # made with proto 0 every small answer on a kept-alive connection waited ~40 ms for
-        # the client's delayed ACK (measured: 44 ms per GET, 1 ms with this).
-        family = socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.settings.host, self.settings.port))
-        except OSError:
-            sock.close()
-            raise
-        return sock
+        return bind_socket(self.settings)
 
     def _close_streams(self) -> None:
-        """End the open event streams, so that stopping does not wait for them."""
-        hub = getattr(self.app.state, "event_hub", None)
-        if hub is not None:
-            hub.close_streams()
+        close_streams(self.app)
 
     def _make_server(self) -> uvicorn.Server:
-        config = uvicorn.Config(
-            self.app,
-            host=self.settings.host,
-            port=self.settings.port,
-            log_config=None,
-            lifespan="on",
-            access_log=False,  # the middleware logs each request with its request id
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
-        )
-        return _Server(config, on_exit=self._close_streams)
+        return make_server(self.app, self.settings)
 
     def start(self) -> None:
         """Serve in a background thread; return once requests are accepted."""
@@ -131,6 +113,187 @@ class APIService:
         finally:
             self._socket.close()
             self._server = self._socket = None
+
+
+def bind_socket(settings: APISettings) -> socket.socket:
+    """The API's listening socket. Bound here rather than by uvicorn, so a busy port raises
+    OSError to the caller (uvicorn would exit the process) and port 0 can be read back at
+    once. The protocol is named: asyncio turns Nagle's algorithm off only on sockets whose
+    ``proto`` is IPPROTO_TCP, and uvicorn writes an answer's head and body apart, so on a
+    socket made with proto 0 every small answer on a kept-alive connection waited ~40 ms
+    for the client's delayed ACK (measured: 44 ms per GET, 1 ms with this)."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((settings.host, settings.port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def close_streams(app: Any) -> None:
+    """End the app's open event streams, so that stopping does not wait for them."""
+    hub = getattr(app.state, "event_hub", None)
+    if hub is not None:
+        hub.close_streams()
+
+
+def make_server(app: Any, settings: APISettings) -> uvicorn.Server:
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        lifespan="on",
+        access_log=False,  # the middleware logs each request with its request id
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+    )
+    return _Server(config, on_exit=lambda: close_streams(app))
+
+
+#: How often the API's parent process looks for a worker process that died.
+WATCH_INTERVAL = 1.0
+
+
+class APIWorkers:
+    """The API served by ``settings.api_workers`` processes on one socket: one Python
+    process runs one thread at a time, so one API process uses one CPU at most (measured
+    alone on two cores: 45 creations a second at 10 in flight). This process binds the
+    port, starts the workers (each with its own database pool and bus connection, as
+    ``tetsu service api`` with one worker has), starts a worker again when one dies, and
+    stops them all with SIGTERM, which lets their requests in flight finish. The kernel
+    hands each new connection to a worker waiting in accept(). Prometheus' counters are
+    kept in files shared by the workers, so ``/metrics`` from any of them counts all."""
+
+    def __init__(self, settings: APISettings, db: Database, transport: Transport) -> None:
+        # This process serves nothing: the workers make their own database and transport,
+        # and it keeps no connection of its own open.
+        db.dispose()
+        del transport
+        self.settings = settings
+        self._socket: socket.socket | None = None
+        self._workers: list[tuple[BaseProcess, ProcessEvent]] = []
+        self._metrics_dir: str | None = None
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._context = multiprocessing.get_context("spawn")
+        self._lock = threading.Lock()
+
+    @property
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [p.pid for p, _ in self._workers if p.pid is not None]
+
+    def start(self) -> None:
+        if self._socket is not None:
+            raise RuntimeError("the API workers are already started")
+        self._socket = bind_socket(self.settings)
+        self._socket.listen(2048)
+        self._metrics_dir = tempfile.mkdtemp(prefix="tetsu-api-metrics-")
+        os.environ[MULTIPROCESS_DIR_ENV] = self._metrics_dir  # the workers inherit it
+        try:
+            with self._lock:
+                self._workers = [self._spawn(i) for i in range(self.settings.api_workers)]
+            deadline = time.monotonic() + START_TIMEOUT
+            for process, ready in list(self._workers):
+                while not ready.wait(0.1):
+                    if not process.is_alive() or time.monotonic() > deadline:
+                        raise RuntimeError("an API worker did not start (see the log)")
+        except BaseException:
+            self.stop()
+            raise
+        self._watcher = threading.Thread(target=self._watch, name="api-workers", daemon=True)
+        self._watcher.start()
+        port = self._socket.getsockname()[1]
+        LOG.info(
+            "API serving on %s:%d in %d processes", self.settings.host, port, len(self._workers)
+        )
+
+    def _spawn(self, index: int) -> tuple[BaseProcess, ProcessEvent]:
+        ready = self._context.Event()
+        process = self._context.Process(
+            target=serve_worker,
+            args=(self._socket, ready),
+            name=f"tetsu-api-{index + 1}",
+            daemon=False,
+        )
+        process.start()
+        return process, ready
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(WATCH_INTERVAL):
+            with self._lock:
+                for i, (process, _) in enumerate(self._workers):
+                    if process.is_alive() or self._stopping.is_set():
+                        continue
+                    LOG.error(
+                        "API worker %d (pid %s) exited with %s; starting it again",
+                        i + 1,
+                        process.pid,
+                        process.exitcode,
+                    )
+                    self._workers[i] = self._spawn(i)
+
+    def stop(self) -> None:
+        """SIGTERM to every worker (requests in flight finish), then release the port."""
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join(WATCH_INTERVAL + 5)
+        with self._lock:
+            workers, self._workers = self._workers, []
+        for process, _ in workers:
+            if process.is_alive():
+                process.terminate()
+        for process, _ in workers:
+            process.join(GRACEFUL_SHUTDOWN + 5)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        if self._metrics_dir is not None:
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+            os.environ.pop(MULTIPROCESS_DIR_ENV, None)
+            self._metrics_dir = None
+
+
+def serve_worker(sock: socket.socket, ready: ProcessEvent) -> None:
+    """One API worker process (:class:`APIWorkers`): the app on its own database pool and
+    bus connection, served on the socket its parent bound, until SIGTERM or SIGINT."""
+    # Imported here: the parent process needs none of it.
+    from libs.cli.processes import pool_size_for, return_big_blocks_to_the_system  # noqa: PLC0415
+    from libs.log import setup_logging  # noqa: PLC0415
+
+    return_big_blocks_to_the_system()
+    settings = APISettings()
+    setup_logging("api", settings.log_level)
+    db = Database(settings.database_url, pool_size=pool_size_for(settings))
+    transport = transport_from_url(settings.transport_url)
+    try:
+        app = create_app(settings, db, transport)
+        server = make_server(app, settings)
+
+        def tell_when_started() -> None:
+            while not server.started and not server.should_exit:
+                time.sleep(0.01)
+            if server.started:
+                ready.set()
+
+        threading.Thread(target=tell_when_started, daemon=True).start()
+        server.run(sockets=[sock])
+    finally:
+        transport.close()
+        db.dispose()
+
+
+def build_api(settings: APISettings, db: Database, transport: Transport) -> APIService | APIWorkers:
+    """The API of ``tetsu service api``: served in this process, or by worker processes."""
+    if settings.api_workers > 1:
+        return APIWorkers(settings, db, transport)
+    return APIService(settings, db, transport)
 
 
 class _Server(uvicorn.Server):

@@ -28,6 +28,14 @@ class APISettings(CommonSettings):
     event_stream_keepalive: float = Field(
         default=15.0, gt=0, description="Seconds between keep-alive comments on an event stream"
     )
+    api_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Processes serving the API's port (tetsu service api): one process uses "
+        "one CPU at most, as Python runs one thread at a time; Ironic's and Nova's API "
+        "workers, one per CPU, are the same idea",
+    )
     event_stream_queue: int = Field(
         default=1000,
         ge=1,

@@ -15,6 +15,8 @@ from services.api.settings import APISettings
 from services.conductor.settings import ConductorSettings
 from services.netctl.settings import NetctlSettings
 from services.scheduler.settings import SchedulerSettings
+from tests.integration.compose_file import environment
+from tests.integration.compose_file import load as load_compose
 
 
 def test_a_service_gets_a_connection_per_worker_and_the_stack_fits_postgres() -> None:
@@ -32,6 +34,14 @@ def test_a_service_gets_a_connection_per_worker_and_the_stack_fits_postgres() ->
     # (100, of which 3 are kept for superusers), overflow included.
     processes = [api, scheduler, netctl, conductor, conductor]
     assert sum(pool_size_for(p) + MAX_OVERFLOW for p in processes) <= 97
+    # The compose file's stack (two API workers, each with its own pool) fits the limit
+    # its PostgreSQL is given.
+    compose = load_compose()
+    workers = int(environment(compose["services"]["api"])["TETSU_API_WORKERS"])
+    command = compose["services"]["postgres"]["command"]
+    limit = int(command[command.index("-c") + 1].removeprefix("max_connections="))
+    in_compose = [*[api] * workers, scheduler, netctl, conductor, conductor]
+    assert sum(pool_size_for(p) + MAX_OVERFLOW for p in in_compose) <= limit - 3
 
 
 @pytest.mark.parametrize("name", list(ServiceName))

@@ -1,0 +1,133 @@
+"""`tetsu service api` with TETSU_API_WORKERS=2: worker processes on one port, on the real
+PostgreSQL and RabbitMQ; a worker that dies is started again, /metrics counts every
+worker's requests, SIGTERM stops them all."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.stack import free_port, wait_for
+
+HEALTHZ_COUNT = re.compile(
+    r'^tetsu_api_requests_total\{method="GET",route="/healthz",status="200"\} ([0-9.e+]+)$',
+    re.M,
+)
+
+
+def children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.update(int(c) for c in (task / "children").read_text().split())
+    return found
+
+
+def api_workers(pid: int) -> set[int]:
+    """The worker processes of the API process ``pid`` (not multiprocessing's helper)."""
+    workers = set()
+    for child in children(pid):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in command:
+            workers.add(child)
+    return workers
+
+
+def two_workers(pid: int) -> set[int] | None:
+    workers = api_workers(pid)
+    return workers if len(workers) == 2 else None
+
+
+class Counted:
+    """GET /healthz, each on a new connection, counting the answers the API gave."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.answered = 0
+
+    def healthy(self) -> bool:
+        try:
+            response = httpx.get(f"{self.endpoint}/healthz", timeout=5)
+        except httpx.TransportError:
+            return False
+        self.answered += 1
+        return response.status_code == 200
+
+
+@pytest.fixture
+def api_process(
+    pg_url: str, amqp_url: str, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "TETSU_DATABASE_URL": pg_url,
+        "TETSU_TRANSPORT_URL": amqp_url,
+        "TETSU_PORT": str(port),
+        "TETSU_ADMIN_TOKEN": "workers-test-token",
+        "TETSU_IMAGE_DIR": str(tmp_path / "images"),
+        "TETSU_API_WORKERS": "2",
+    }
+    env.pop("TETSU_CONFIG", None)
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log = tmp_path / "api.log"
+    with log.open("wb") as handle:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "libs.cli.main", "service", "api"],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield popen, f"http://127.0.0.1:{port}"
+    except BaseException:
+        print(log.read_text(errors="replace")[-5000:])
+        raise
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+            popen.wait()
+
+
+def test_api_workers_share_the_port_and_the_counts_and_are_started_again(api_process):
+    popen, endpoint = api_process
+    counted = Counted(endpoint)
+    wait_for(counted.healthy, timeout=60, what="the API")
+    workers = wait_for(lambda: two_workers(popen.pid), timeout=30, what="two workers")
+
+    for _ in range(20):
+        assert counted.healthy()
+
+    # A worker killed outright: the other answers meanwhile, and a new one takes its place.
+    victim = sorted(workers)[0]
+    os.kill(victim, signal.SIGKILL)
+
+    def replaced() -> set[int] | None:
+        assert counted.healthy()
+        now = two_workers(popen.pid)
+        return now if now and victim not in now else None
+
+    after = wait_for(replaced, timeout=30, what="the killed worker started again")
+    assert len(after & workers) == 1
+    for _ in range(20):
+        assert counted.healthy()
+
+    # Every answer is counted, whichever worker gave it, the killed one's too.
+    metrics = httpx.get(f"{endpoint}/metrics", timeout=10).text
+    (count,) = HEALTHZ_COUNT.findall(metrics)
+    assert float(count) == counted.answered
+
+    popen.send_signal(signal.SIGTERM)
+    assert popen.wait(timeout=60) == 0
+    # Each worker was waited for: none is left running (nor as a zombie).
+    assert not [pid for pid in after if Path(f"/proc/{pid}").exists()]

@@ -4,10 +4,13 @@ foreground (``tetsu service api``).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -226,7 +229,9 @@ class APIWorkers:
         while not self._stopping.wait(WATCH_INTERVAL):
             with self._lock:
                 for i, (process, _) in enumerate(self._workers):
-                    if process.is_alive() or self._stopping.is_set():
+                    # A worker that ended cleanly was asked to by a signal (Ctrl-C in a
+                    # terminal reaches every process of the group): this one stops too.
+                    if process.is_alive() or process.exitcode == 0 or self._stopping.is_set():
                         continue
                     LOG.error(
                         "API worker %d (pid %s) exited with %s; starting it again",
@@ -268,6 +273,7 @@ def serve_worker(sock: socket.socket, ready: ProcessEvent) -> None:
     from libs.log import setup_logging  # noqa: PLC0415
 
     return_big_blocks_to_the_system()
+    stop_with_parent()
     settings = APISettings()
     setup_logging("api", settings.log_level)
     db = Database(settings.database_url, pool_size=pool_size_for(settings))
@@ -287,6 +293,21 @@ def serve_worker(sock: socket.socket, ready: ProcessEvent) -> None:
     finally:
         transport.close()
         db.dispose()
+
+
+#: Linux's prctl() option: the signal a process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+def stop_with_parent() -> bool:
+    """Have the kernel send this process SIGTERM when its parent dies, even by SIGKILL, so
+    that no worker goes on serving the port orphaned; whether it applied (Linux only)."""
+    path = ctypes.util.find_library("c")
+    try:
+        prctl = ctypes.CDLL(path, use_errno=True).prctl if path else None
+    except (OSError, AttributeError):
+        prctl = None
+    return bool(prctl is not None and prctl(PR_SET_PDEATHSIG, signal.SIGTERM) == 0)
 
 
 def build_api(settings: APISettings, db: Database, transport: Transport) -> APIService | APIWorkers:

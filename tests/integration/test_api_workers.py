@@ -67,7 +67,7 @@ class Counted:
 @pytest.fixture
 def api_process(
     pg_url: str, amqp_url: str, tmp_path: Path
-) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
     port = free_port()
     env = {
         **os.environ,
@@ -89,7 +89,7 @@ def api_process(
             stderr=subprocess.STDOUT,
         )
     try:
-        yield popen, f"http://127.0.0.1:{port}"
+        yield popen, f"http://127.0.0.1:{port}", log
     except BaseException:
         print(log.read_text(errors="replace")[-5000:])
         raise
@@ -99,8 +99,25 @@ def api_process(
             popen.wait()
 
 
+def test_api_workers_stop_when_their_parent_is_killed(api_process):
+    popen, endpoint, log = api_process
+    # Every worker has started (the parent says so once each is serving).
+    wait_for(lambda: "in 2 processes" in log.read_text(), timeout=60, what="the API started")
+    workers = wait_for(lambda: two_workers(popen.pid), timeout=30, what="two workers")
+    popen.kill()
+    popen.wait()
+    # Orphaned, they would go on serving the port: the kernel sends them SIGTERM.
+    wait_for(
+        lambda: not [pid for pid in workers if Path(f"/proc/{pid}").exists()],
+        timeout=45,
+        what="the workers gone",
+    )
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{endpoint}/healthz", timeout=5)
+
+
 def test_api_workers_share_the_port_and_the_counts_and_are_started_again(api_process):
-    popen, endpoint = api_process
+    popen, endpoint, _ = api_process
     counted = Counted(endpoint)
     wait_for(counted.healthy, timeout=60, what="the API")
     workers = wait_for(lambda: two_workers(popen.pid), timeout=30, what="two workers")

@@ -174,6 +174,13 @@ def test_docker_compose_up_serves_an_instance_then_down_removes_everything(
         assert seed["ExitCode"] == 0, project.logs()
         for name in ("api", "scheduler", "conductor-1", "conductor-2", "netctl"):
             assert project.containers()[name]["State"] == "running", project.logs()
+        # PostgreSQL takes the connections the compose file's processes may hold at once
+        # (two API workers among them): its command raises the limit.
+        shown = project(
+            "exec", "-T", "postgres", "psql", "-tA", "-U", "tetsu", "-d", "tetsu",
+            "-c", "SHOW max_connections",
+        )  # fmt: skip
+        assert shown.stdout.strip() == "200", shown.stdout + shown.stderr
 
         endpoint = f"http://127.0.0.1:{port}"
         headers = {"Authorization": f"Bearer {token}"}

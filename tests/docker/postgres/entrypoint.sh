@@ -24,6 +24,10 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     fi
     as_postgres pg_ctl -w -m fast stop >/dev/null
 fi
+# The official image's command form too: `postgres -c name=value ...` adds settings.
+if [ "${1:-}" = postgres ]; then
+    shift
+fi
 # setpriv execs: postgres is PID 1 and gets `docker stop`'s SIGTERM itself.
 exec setpriv --reuid=postgres --regid=postgres --init-groups \
-    postgres -D "$PGDATA" -c listen_addresses='*'
+    postgres -D "$PGDATA" -c listen_addresses='*' "$@"

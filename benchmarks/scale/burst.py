@@ -439,7 +439,9 @@ def sequential_scans(database_url: str) -> dict[str, dict[str, int]]:
 
 
 def start_profilers(stack: Stack, folder: Path | None) -> list[subprocess.Popen[bytes]]:
-    """py-spy (``--profile``) sampling every service while the bursts run."""
+    """py-spy (``--profile``) sampling every service while the bursts run: only the thread
+    that holds the GIL, so the samples show where each process spends its CPU (threads
+    waiting on a socket or a lock are left out)."""
     if folder is None:
         return []
     folder.mkdir(parents=True, exist_ok=True)
@@ -459,6 +461,7 @@ def start_profilers(stack: Stack, folder: Path | None) -> list[subprocess.Popen[
                 "raw",
                 "--threads",
                 "--nonblocking",
+                "--gil",
                 "--subprocesses",
                 "--output",
                 str(folder / f"{name}.txt"),

@@ -4,15 +4,17 @@ the check of every route's path and query parameters."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
-from collections.abc import AsyncIterator, Iterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Annotated, Any, ParamSpec, TypeVar
 from weakref import WeakKeyDictionary
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
+from starlette.concurrency import run_in_threadpool
 
 from libs.db import Database, Project, Role
 from libs.db.engine import DEFAULT_POOL_SIZE, MAX_OVERFLOW
@@ -122,20 +124,40 @@ async def session_turn(request: Request) -> AsyncIterator[None]:
         yield
 
 
-def get_session(
+async def get_session(
     request: Request,
     db: DatabaseDep,
     _turn: Annotated[None, Depends(session_turn, scope="function")],
-) -> Iterator[Session]:
+) -> AsyncIterator[Session]:
     """A session for one request. Routes commit their writes themselves (so that a unique
     violation is answered as a 409 and a commit happens before any message is sent); the
     exit commits anything left and closes before the response is sent. It carries the
     app's notifier (:func:`notifier_of`), so events go with the writes they describe.
-    A read (GET, HEAD) gets a session without a transaction (:meth:`Database.reader`)."""
-    opened = db.reader() if request.method in READ_METHODS else db.session()
-    with opened as session:
-        session.info[NOTIFIER_KEY] = getattr(request.app.state, "notifier", None)
+    A read (GET, HEAD) gets a session without a transaction (:meth:`Database.reader`).
+
+    A coroutine, though the route uses the session on a pool thread: opening a session
+    touches no connection (its first statement takes one from the pool), and closing a
+    read session, or a write session after the route committed, waits on no round trip;
+    as a plain function each was a hop to a pool thread and back (measured, the API alone
+    with 50 GETs of an instance in flight: 437 -> 520 a second, 2.8 -> 2.4 ms CPU each).
+    A route that failed, or left a transaction open, is rolled back or committed on a
+    pool thread as before (SQLite may make a writer wait for its lock)."""
+    reading = request.method in READ_METHODS
+    opened = db.reader() if reading else db.session()
+    session = opened.__enter__()
+    session.info[NOTIFIER_KEY] = getattr(request.app.state, "notifier", None)
+    try:
         yield session
+    except Exception as exc:
+        await run_in_threadpool(opened.__exit__, type(exc), exc, exc.__traceback__)
+        raise
+    except BaseException as exc:  # cancelled: no waiting for a thread then
+        opened.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    if reading or not session.in_transaction():
+        opened.__exit__(None, None, None)
+    else:
+        await run_in_threadpool(opened.__exit__, None, None, None)
     db.outage.succeeded()
 
 
@@ -151,6 +173,24 @@ def notifier_of(session: Session) -> Notifier:
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def one_hop(route: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """A route that waits on the database, made a coroutine that runs it on a pool thread:
+    FastAPI runs a plain function there too, but then also checks its answer on another
+    hop to a pool thread and back; this one checks it in the event loop. For the routes
+    a burst hits (measured, the API alone with 50 creations in flight: 181 -> 203 a
+    second, 6.6 -> 5.8 ms CPU each). FastAPI reads the route's parameters through
+    ``__wrapped__``."""
+
+    @functools.wraps(route)
+    async def on_pool_thread(*args: P.args, **kwargs: P.kwargs) -> R:
+        return await run_in_threadpool(route, *args, **kwargs)
+
+    return on_pool_thread
 
 
 def admin_project_id(session: Session) -> str:

@@ -10,11 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlmodel import select
 
+from libs.db import Flavor
 from libs.log import ContextFilter
 from libs.rpc import current_context
 from services.api.app import create_app
-from services.api.deps import LANES
+from services.api.deps import LANES, SessionDep, one_hop
+from services.api.errors import InvalidInput
 
 from .support import ADMIN, ADMIN_TOKEN, error_of
 
@@ -80,6 +83,58 @@ def test_handlers_run_in_the_request_context(settings, db, memory_transport):
         response = client.get("/whoami", headers={"X-Request-ID": "ctx-1"})
     assert response.json() == {"request_id": "ctx-1"}
     assert current_context.get() is None  # and it does not leak out of the request
+
+
+def test_what_a_route_left_open_is_committed_a_failure_rolled_back(settings, db, memory_transport):
+    """The session's exit, in the event loop when it waits on nothing, still commits what
+    a route left uncommitted and rolls back what a failing route wrote."""
+    app = create_app(settings, db, memory_transport)
+
+    @app.post("/left-open")
+    def left_open(session: SessionDep) -> None:
+        session.add(Flavor(name="left-open", resource_class="baremetal"))
+
+    @app.post("/fails")
+    def fails(session: SessionDep) -> None:
+        session.add(Flavor(name="rolled-back", resource_class="baremetal"))
+        session.flush()
+        raise InvalidInput("refused after a write")
+
+    with TestClient(app) as client:
+        assert client.post("/left-open").status_code == 200
+        assert client.post("/fails").status_code == 400
+    with db.session() as session:
+        names = session.exec(select(Flavor.name)).all()
+    assert "left-open" in names
+    assert "rolled-back" not in names
+
+
+def test_a_one_hop_route_runs_off_the_event_loop_with_its_parameters(
+    settings, db, memory_transport
+):
+    app = create_app(settings, db, memory_transport)
+
+    def echo(item: str, session: SessionDep) -> dict[str, str | bool | None]:
+        try:
+            asyncio.get_running_loop()
+            on_loop = True
+        except RuntimeError:
+            on_loop = False
+        ctxt = current_context.get()
+        return {
+            "item": item,
+            "on_loop": on_loop,
+            "request_id": ctxt.request_id if ctxt is not None else None,
+        }
+
+    app.get("/echo/{item}")(one_hop(echo))
+    with TestClient(app) as client:
+        response = client.get("/echo/x1", headers={"X-Request-ID": "hop-1"})
+        spec = client.get("/openapi.json").json()
+    assert response.json() == {"item": "x1", "on_loop": False, "request_id": "hop-1"}
+    [parameter] = spec["paths"]["/echo/{item}"]["get"]["parameters"]
+    assert parameter["name"] == "item"
+    assert parameter["in"] == "path"
 
 
 def test_one_access_line_per_request_without_credentials(client, caplog):

@@ -6,6 +6,7 @@ import socket
 
 import httpx
 import pytest
+import uvloop
 
 from services.api.service import APIService
 
@@ -57,5 +58,25 @@ def test_answers_are_sent_without_waiting_for_acks(settings, db, memory_transpor
             for connection in connections:
                 sock = connection.transport.get_extra_info("socket")
                 assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        service.stop()
+
+
+def test_served_by_uvloop_and_httptools(settings, db, memory_transport):
+    """uvicorn's event loop and HTTP parser written in C (the project depends on both;
+    without them uvicorn falls back to asyncio's loop and h11, silently)."""
+    settings.port = 0
+    service = APIService(settings, db, memory_transport)
+    service.start()
+    try:
+        with httpx.Client(base_url=service.url, headers=ADMIN, timeout=5) as client:
+            assert client.get("/v1/flavors").status_code == 200
+            server = service._server
+            assert server is not None
+            connections = list(server.server_state.connections)
+            assert connections
+            for connection in connections:
+                assert type(connection).__name__ == "HttpToolsProtocol"
+                assert isinstance(connection.loop, uvloop.Loop)
     finally:
         service.stop()

@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from sqlalchemy import event, inspect
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 from sqlmodel import Session, create_engine
@@ -158,6 +158,15 @@ class Database:
         sees its own snapshot anyway, so reads see what they would have seen; a write
         made in it is committed at once, alone."""
         return _session_on(self._reads)
+
+    def autocommit(self) -> AbstractContextManager[Connection]:
+        """A Core connection for statements that stand alone (a node lock's UPDATE): on
+        PostgreSQL each is committed on its own, one round trip where a session takes
+        three, and no ORM session is built; on SQLite, a transaction committed when the
+        block ends."""
+        if self._reads is self.engine:
+            return self.engine.begin()
+        return self._reads.connect()
 
     def check(self) -> None:
         """Fail early and clearly when the database is unreachable or not migrated:

@@ -14,10 +14,11 @@ from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import event as sa_event
+from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
 from libs import metrics
-from libs.db.models import Event, EventSeverity, Instance, Node, as_utc, utcnow
+from libs.db.models import Event, EventSeverity, Instance, Node, as_utc, new_id, utcnow
 from libs.rpc import current_context
 
 from .bus import NotificationBus
@@ -73,6 +74,10 @@ class _Clock:
 
 _CLOCK = _Clock()
 
+#: An event row's INSERT, built once: through the ORM (an Event added to the session and
+#: flushed at commit) each event cost a conductor half again as much CPU.
+_INSERT_EVENT = insert(Event.metadata.tables["event"])
+
 
 class Notifier:
     """Writes events into the caller's session and publishes them after its commit.
@@ -93,12 +98,13 @@ class Notifier:
         payload: dict[str, Any],
         project_id: str | None,
         severity: EventSeverity | None = None,
-    ) -> Event:
-        """Add the event to ``session``; it is published once the session commits."""
+    ) -> EventMessage:
+        """Write the event in ``session``'s transaction; it is published once that commits."""
         if severity is None:
             severity = EventSeverity.ERROR if phase is Phase.ERROR else EventSeverity.INFO
         ctxt = current_context.get()
-        row = Event(
+        message = EventMessage(
+            id=new_id(),
             created_at=_CLOCK.now(),
             event_type=event_type(object_type.value, action, phase),
             object_type=object_type.value,
@@ -108,9 +114,9 @@ class Notifier:
             payload=payload,
             request_id=ctxt.request_id if ctxt is not None else None,
         )
-        session.add(row)
-        self._pending(session).append(EventMessage.from_row(row))
-        return row
+        session.connection().execute(_INSERT_EVENT, message.model_dump())
+        self._pending(session).append(message)
+        return message
 
     def _pending(self, session: Session) -> list[EventMessage]:
         """The events of ``session``'s transaction, published when it commits and
@@ -139,7 +145,7 @@ class Notifier:
         *,
         instance_id: str | None = None,
         **extra: Any,
-    ) -> Event:
+    ) -> EventMessage:
         """An event about ``node`` (its fields as they are now), for admins only: members
         are not shown nodes (an instance's ``node_id`` is hidden from them too), so a node
         event belongs to no project. ``instance_id``: the instance the change let go of,
@@ -158,7 +164,7 @@ class Notifier:
 
     def instance(
         self, session: Session, instance: Instance, action: str, phase: Phase, **extra: Any
-    ) -> Event:
+    ) -> EventMessage:
         return self.emit(
             session,
             object_type=ObjectType.INSTANCE,
@@ -171,7 +177,7 @@ class Notifier:
 
     def instance_by_id(
         self, session: Session, instance_id: str, action: str, phase: Phase, **extra: Any
-    ) -> Event | None:
+    ) -> EventMessage | None:
         """As :meth:`instance`, reading the instance (after an UPDATE in ``session``)."""
         # populate_existing: an UPDATE statement may have changed it in this session.
         instance = session.exec(

@@ -9,12 +9,46 @@ from __future__ import annotations
 import enum
 import logging
 
+from sqlalchemy import bindparam
 from sqlmodel import col, select, update
 
 from libs.db import Database, Instance, InstanceStatus, TaskState, utcnow
 from libs.notify import Notifier, Phase
 
 LOG = logging.getLogger(__name__)
+
+_INSTANCE = Instance.metadata.tables["instance"]
+
+# The statements of every deploy and tear-down, built once and run on a Core connection
+# (through the ORM, the bookkeeping cost more CPU than the statements).
+_STATUS = select(_INSTANCE.c.status).where(_INSTANCE.c.id == bindparam("b_id"))
+_NETWORK_IDS = select(_INSTANCE.c.network_ids).where(_INSTANCE.c.id == bindparam("b_id"))
+#: BUILD or REBUILD (``b_status``) -> ACTIVE, the row read back for its event.
+_ACTIVATE = (
+    update(_INSTANCE)
+    .where(_INSTANCE.c.id == bindparam("b_id"), _INSTANCE.c.status == bindparam("b_status"))
+    .values(
+        status=InstanceStatus.ACTIVE.value,
+        task_state=None,
+        failed_node_ids=bindparam("b_failed", type_=_INSTANCE.c.failed_node_ids.type),
+        updated_at=bindparam("b_now"),
+    )
+    .returning(*_INSTANCE.c)
+)
+_MARK_DELETED = (
+    update(_INSTANCE)
+    .where(
+        _INSTANCE.c.id == bindparam("b_id"),
+        _INSTANCE.c.status != InstanceStatus.DELETED.value,
+    )
+    .values(
+        status=InstanceStatus.DELETED.value,
+        task_state=None,
+        deleted_at=bindparam("b_now"),
+        updated_at=bindparam("b_now"),
+    )
+    .returning(*_INSTANCE.c)
+)
 
 
 class FailedDeploy(enum.Enum):
@@ -27,25 +61,21 @@ class FailedDeploy(enum.Enum):
 
 def status_of(db: Database, instance_id: str) -> InstanceStatus | None:
     """The instance's status, or None if there is no such instance."""
-    with db.session() as session:
-        status = session.exec(
-            select(Instance.status).where(col(Instance.id) == instance_id)
-        ).first()
+    with db.autocommit() as connection:
+        status = connection.execute(_STATUS, {"b_id": instance_id}).scalar()
     return InstanceStatus(status) if status is not None else None
 
 
 def network_ids_of(db: Database, instance_id: str) -> list[str]:
     """The networks the instance's ports go to, in port order (empty if no instance)."""
-    with db.session() as session:
-        network_ids = session.exec(
-            select(Instance.network_ids).where(col(Instance.id) == instance_id)
-        ).first()
+    with db.autocommit() as connection:
+        network_ids = connection.execute(_NETWORK_IDS, {"b_id": instance_id}).scalar()
     return list(network_ids or [])
 
 
 def deleting_on(db: Database, node_id: str) -> str | None:
     """The id of an instance being deleted that still names ``node_id``, if any."""
-    with db.session() as session:
+    with db.reader() as session:
         return session.exec(
             select(Instance.id).where(
                 col(Instance.node_id) == node_id,
@@ -66,34 +96,28 @@ def mark_active(db: Database, instance_id: str, notifier: Notifier = _RECORD_ONL
     """The deploy (or rebuild) is done: BUILD or REBUILD -> ACTIVE, the failed nodes of
     this build forgotten. Returns False if it was neither any more (deleted meanwhile)."""
     with db.session() as session:
-        instance = session.exec(
-            select(Instance).where(col(Instance.id) == instance_id).with_for_update()
-        ).first()
-        if instance is None or instance.status not in _DEPLOYED_ACTIONS:
-            return False
-        action = _DEPLOYED_ACTIONS[instance.status]
-        instance.status = InstanceStatus.ACTIVE
-        instance.task_state = None
-        # The nodes this build failed on (or was evacuated from) may serve it again in a
-        # later one, e.g. a repaired node taking its instance back.
-        instance.failed_node_ids = []
-        instance.updated_at = utcnow()
-        session.add(instance)
-        notifier.instance(session, instance, action, Phase.END)
-        return True
+        connection = session.connection()
+        for status, action in _DEPLOYED_ACTIONS.items():
+            # The nodes this build failed on (or was evacuated from) may serve it again
+            # in a later one, e.g. a repaired node taking its instance back.
+            params = {"b_id": instance_id, "b_status": status.value, "b_now": utcnow()}
+            row = connection.execute(_ACTIVATE, {**params, "b_failed": []}).first()
+            if row is not None:
+                notifier.instance(session, Instance(**row._mapping), action, Phase.END)
+                return True
+        return False
 
 
 def mark_deleted(db: Database, instance_id: str, notifier: Notifier = _RECORD_ONLY) -> None:
     """The instance's node is torn down: DELETED, with the time."""
-    now = utcnow()
     with db.session() as session:
-        result = session.exec(
-            update(Instance)
-            .where(col(Instance.id) == instance_id, col(Instance.status) != InstanceStatus.DELETED)
-            .values(status=InstanceStatus.DELETED, task_state=None, deleted_at=now, updated_at=now)
+        row = (
+            session.connection()
+            .execute(_MARK_DELETED, {"b_id": instance_id, "b_now": utcnow()})
+            .first()
         )
-        if result.rowcount:
-            notifier.instance_by_id(session, instance_id, "delete", Phase.END)
+        if row is not None:
+            notifier.instance(session, Instance(**row._mapping), "delete", Phase.END)
 
 
 def mark_error(

@@ -26,7 +26,8 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import bindparam, delete
+from sqlalchemy import update as core_update
 from sqlmodel import Session, col, select, update
 
 from libs import metrics
@@ -80,6 +81,36 @@ LOCK_RETRY_INTERVAL = 0.05
 UNSYNCED = {"synchronize_session": False}
 
 Work = Callable[..., None]
+
+_NODE = Node.metadata.tables["node"]
+_PORT = Port.metadata.tables["port"]
+
+# The statements of every task, built once (building one cost as much CPU as running
+# it) and run on a Core connection: the ORM's bookkeeping around a statement cost more
+# CPU than the statement itself.
+#: Take the lock and read the node in one round trip.
+_LOCK = (
+    core_update(_NODE)
+    .where(_NODE.c.id == bindparam("b_id"), _NODE.c.reservation.is_(None))
+    .values(reservation=bindparam("b_holder"))
+    .returning(*_NODE.c)
+)
+_HOLDER = select(_NODE.c.reservation).where(_NODE.c.id == bindparam("b_id"))
+_PORTS = (
+    select(*_PORT.c)
+    .where(_PORT.c.node_id == bindparam("b_id"))
+    .order_by(_PORT.c.created_at, _PORT.c.address)
+)
+#: Let go of the lock if this conductor holds it.
+_UNLOCK = (
+    core_update(_NODE)
+    .where(_NODE.c.id == bindparam("b_id"), _NODE.c.reservation == bindparam("b_holder"))
+    .values(reservation=None)
+)
+#: A save: the columns SET are the parameters other than b_id and b_holder.
+_SAVE = core_update(_NODE).where(
+    _NODE.c.id == bindparam("b_id"), _NODE.c.reservation == bindparam("b_holder")
+)
 
 
 class NodeDriver:
@@ -237,11 +268,8 @@ class Task:
         with self.manager.db.session() as session:
             if changes:
                 changes["updated_at"] = now
-                result = session.exec(
-                    update(Node)
-                    .where(col(Node.id) == self.node.id, col(Node.reservation) == self.hostname)
-                    .values(**changes)
-                    .execution_options(**UNSYNCED)
+                result = session.connection().execute(
+                    _SAVE, {"b_id": self.node.id, "b_holder": self.hostname, **changes}
                 )
                 if result.rowcount != 1:
                     raise NodeLocked(
@@ -446,31 +474,29 @@ class TaskManager:
             return bool(result.rowcount)
 
     def _reserve(self, node_id: str, purpose: str, wait: float) -> tuple[Node, list[Port]]:
-        """Lock the node and read it and its ports, in one transaction."""
+        """Lock the node and read it (one statement, committed on its own), then its
+        ports; the lock is let go of again if reading them fails."""
         deadline = time.monotonic() + wait
         if node_id in self._unreleased:
             self._release_again(node_id)
+        params = {"b_id": node_id, "b_holder": self.hostname}
         while True:
             releases = self._releases.get(node_id, 0)
-            with self.db.session() as session:
-                taken = session.exec(
-                    update(Node)
-                    .where(col(Node.id) == node_id, col(Node.reservation).is_(None))
-                    .values(reservation=self.hostname)
-                    .execution_options(**UNSYNCED)
-                ).rowcount
-                holder = None
-                if taken:
-                    loaded = _read(session, node_id)
-                else:
-                    found = session.exec(
-                        select(Node.id, Node.reservation).where(col(Node.id) == node_id)
-                    ).first()
-                    if found is None:
-                        raise NotFound(f"node {node_id} not found")
-                    holder = found[1]
-            if taken:
-                return loaded
+            locked = None
+            try:
+                with self.db.autocommit() as connection:
+                    locked = connection.execute(_LOCK, params).first()
+                    if locked is not None:
+                        ports = connection.execute(_PORTS, params).all()
+                        return Node(**locked._mapping), [Port(**row._mapping) for row in ports]
+                    found = connection.execute(_HOLDER, params).first()
+            except BaseException:
+                if locked is not None:
+                    self._release(node_id)
+                raise
+            if found is None:
+                raise NotFound(f"node {node_id} not found")
+            holder = found[0]
             remaining = deadline - time.monotonic()
             if holder is not None and remaining <= 0:
                 raise NodeLocked(
@@ -494,13 +520,8 @@ class TaskManager:
 
     def _release(self, node_id: str) -> None:
         try:
-            with self.db.session() as session:
-                session.exec(
-                    update(Node)
-                    .where(col(Node.id) == node_id, col(Node.reservation) == self.hostname)
-                    .values(reservation=None)
-                    .execution_options(**UNSYNCED)
-                )
+            with self.db.autocommit() as connection:
+                connection.execute(_UNLOCK, {"b_id": node_id, "b_holder": self.hostname})
             self._released_one(node_id)
         except Exception as exc:
             # Released by release_unreleased() once the database is back (or, if this

@@ -11,8 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from sqlalchemy import bindparam, update
 from sqlmodel import select
 
 from libs import rpc
@@ -28,6 +31,19 @@ LOG = logging.getLogger(__name__)
 # a fixed set of locks picked by port id bounds memory however many ports there are.
 LOCK_STRIPES = 64
 
+_PORT = Port.metadata.tables["port"]
+_NETWORK = Network.metadata.tables["network"]
+#: Record a port's wiring and read the port back in one statement, built once; it is
+#: committed only once the switch is programmed (through the ORM, a read, then an
+#: UPDATE at commit, each call cost netctl a third more CPU).
+_WIRE = (
+    update(_PORT)
+    .where(_PORT.c.id == bindparam("b_id"))
+    .values(binding=bindparam("b_binding"), network_id=bindparam("b_network"))
+    .returning(*_PORT.c)
+)
+_SEGMENT = select(_NETWORK.c.segmentation_id).where(_NETWORK.c.id == bindparam("b_id"))
+
 
 class NetworkManager:
     RPC_API_VERSION = "1.0"
@@ -41,39 +57,47 @@ class NetworkManager:
     @rpc.expose
     def bind_port(self, ctxt: rpc.RequestContext, port_id: str, network_id: str) -> dict[str, Any]:
         """Wire the port into tenant network ``network_id``; only its traffic reaches it."""
-        with self._lock_for(port_id), self.db.session() as session:
-            port = self._port(session.get(Port, port_id), port_id)
-            network = session.get(Network, network_id)
-            if network is None:
-                raise NotFound(f"network {network_id} not found")
-            self.backend.bind(port, network.segmentation_id)
-            port.binding, port.network_id = PortBinding.TENANT, network.id
-            session.add(port)
+        with self._wiring(port_id, PortBinding.TENANT, network_id) as (port, segment):
+            assert segment is not None  # a network's
+            self.backend.bind(port, segment)
             LOG.info("port %s: bound to network %s", port_id, network_id)
-            return _public(port, network.segmentation_id)
+            return _public(port, segment)
 
     @rpc.expose
     def provision_port(self, ctxt: rpc.RequestContext, port_id: str) -> dict[str, Any]:
         """Wire the port into the provisioning network (the conductors' DHCP, TFTP, HTTP)."""
         segment = self.settings.provisioning_segmentation_id
-        with self._lock_for(port_id), self.db.session() as session:
-            port = self._port(session.get(Port, port_id), port_id)
+        with self._wiring(port_id, PortBinding.PROVISIONING, None) as (port, _):
             self.backend.bind(port, segment)
-            port.binding, port.network_id = PortBinding.PROVISIONING, None
-            session.add(port)
             LOG.info("port %s: on the provisioning network", port_id)
             return _public(port, segment)
 
     @rpc.expose
     def unbind_port(self, ctxt: rpc.RequestContext, port_id: str) -> dict[str, Any]:
         """Isolate the port: no network at all."""
-        with self._lock_for(port_id), self.db.session() as session:
-            port = self._port(session.get(Port, port_id), port_id)
+        with self._wiring(port_id, PortBinding.NONE, None) as (port, _):
             self.backend.unbind(port)
-            port.binding, port.network_id = PortBinding.NONE, None
-            session.add(port)
             LOG.info("port %s: unbound", port_id)
             return _public(port, None)
+
+    @contextmanager
+    def _wiring(
+        self, port_id: str, binding: PortBinding, network_id: str | None
+    ) -> Iterator[tuple[Port, int | None]]:
+        """The port with its new wiring written but not committed, and the network's
+        segment: committed when the block (which programs the switch) ends, undone if it
+        raises. NotFound if there is no such port or network."""
+        params = {"b_id": port_id, "b_binding": binding.value, "b_network": network_id}
+        with self._lock_for(port_id), self.db.engine.begin() as connection:
+            segment = None
+            if network_id is not None:
+                segment = connection.execute(_SEGMENT, {"b_id": network_id}).scalar()
+                if segment is None:
+                    raise NotFound(f"network {network_id} not found")
+            row = connection.execute(_WIRE, params).first()
+            if row is None:
+                raise NotFound(f"port {port_id} not found")
+            yield Port(**row._mapping), segment
 
     def recorded_wiring(self) -> list[tuple[Port, int]]:
         """Every port the database records as wired, with its segment: what the switches
@@ -94,12 +118,6 @@ class NetworkManager:
 
     def _lock_for(self, port_id: str) -> threading.Lock:
         return self._locks[zlib.crc32(port_id.encode()) % LOCK_STRIPES]
-
-    @staticmethod
-    def _port(port: Port | None, port_id: str) -> Port:
-        if port is None:
-            raise NotFound(f"port {port_id} not found")
-        return port
 
 
 def _public(port: Port, segmentation_id: int | None) -> dict[str, Any]:

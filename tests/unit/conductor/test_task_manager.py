@@ -59,6 +59,16 @@ def test_the_lock_is_released_when_the_block_raises(cloud: Cloud, tasks: TaskMan
     assert cloud.node(node_id).reservation is None
 
 
+def test_the_lock_statement_hands_back_the_node_as_stored(cloud: Cloud, tasks: TaskManager):
+    node_id = cloud.make_node()
+    stored = cloud.node(node_id)
+
+    with tasks.acquire(RequestContext.admin(), node_id, "x") as task:
+        for name in ("name", "provision_state", "driver_info", "created_at", "power_state"):
+            assert getattr(task.node, name) == getattr(stored, name), name
+        assert task.node.reservation == HOST
+
+
 def test_acquire_waits_for_a_short_lock(cloud: Cloud, tasks: TaskManager):
     node_id = cloud.make_node(reservation="other")
     threading.Timer(0.05, lambda: _set_reservation(cloud, node_id, None)).start()

@@ -158,6 +158,29 @@ def test_unknown_port_or_network_is_not_found_and_touches_nothing(db, rows, swit
     assert stored(db, port.id).binding == PortBinding.NONE
 
 
+def test_a_switch_that_fails_leaves_the_recorded_wiring_as_it_was(db, rows, switch, manager):
+    port = rows["cabled"]
+    manager.bind_port(CTXT, port.id, rows["blue"].id)
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("switch unreachable")
+
+    switch.bind = broken
+    switch.unbind = broken
+    with pytest.raises(RuntimeError, match="unreachable"):
+        manager.bind_port(CTXT, port.id, rows["red"].id)
+    with pytest.raises(RuntimeError, match="unreachable"):
+        manager.provision_port(CTXT, port.id)
+    with pytest.raises(RuntimeError, match="unreachable"):
+        manager.unbind_port(CTXT, port.id)
+
+    # The database still says what the switch still does.
+    assert (stored(db, port.id).binding, stored(db, port.id).network_id) == (
+        PortBinding.TENANT,
+        rows["blue"].id,
+    )
+
+
 def test_the_service_answers_the_conductors_calls(settings, db, rows, memory_transport):
     service = NetctlService(settings, db, memory_transport)
     api = NetworkAPI(memory_transport, timeout=5)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 
+from sqlmodel import Session
+
 from libs import redact
 from libs.db import Database, InstanceStatus, PowerState
 from libs.notify import Notifier
@@ -164,10 +166,14 @@ class Cleaning:
             self.fail(task, f"{step} failed: {steps.reason_of(exc)}")
             return
         instance_id = node.instance_id
-        if instance_id is not None:
-            instances.mark_deleted(self.db, instance_id, self.notifier)
+
+        def deleted(session: Session) -> None:
+            # In the node's own save: the instance is gone once its node is clean.
+            if instance_id is not None:
+                instances.delete_in(session, instance_id, self.notifier)
+
         node.instance_id = None
         steps.set_last_error(task, None)
-        task.process_event(Event.DONE)
+        task.process_event(Event.DONE, also=deleted)
         if node.hypervisor_id is not None:
             task.retire()  # made for one instance: its room goes back to the hypervisor

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from sqlmodel import col, update
+from sqlmodel import Session, col, update
 
 from libs import redact
 from libs.db import Database, InstanceStatus, Node, PowerState, utcnow
@@ -193,6 +193,15 @@ class Deployments:
 
     def _finish(self, task: Task) -> None:
         node = task.node
+        instance_id = node.instance_id
+        activated = False
+
+        def activate(session: Session) -> None:
+            # In the node's own save: both active, or neither.
+            nonlocal activated
+            if instance_id is not None:
+                activated = instances.activate(session, instance_id, self.notifier)
+
         step = "setting boot from disk"
         try:
             task.driver.management.set_boot_device(task, BootDevice.DISK)
@@ -205,12 +214,11 @@ class Deployments:
             steps.reboot(task)
             step = "finishing"
             steps.set_last_error(task, None)
-            task.process_event(Event.DONE)
+            task.process_event(Event.DONE, also=activate)
         except Exception as exc:
             self.fail(task, f"{step} failed: {steps.reason_of(exc)}")
             return
-        instance_id = node.instance_id
-        if instance_id is None or instances.mark_active(self.db, instance_id, self.notifier):
+        if instance_id is None or activated:
             return
         if instances.status_of(self.db, instance_id) == InstanceStatus.DELETING:
             # Deleted while it was being deployed: its tear-down found the node locked or

@@ -10,7 +10,7 @@ import enum
 import logging
 
 from sqlalchemy import bindparam
-from sqlmodel import col, select, update
+from sqlmodel import Session, col, select, update
 
 from libs.db import Database, Instance, InstanceStatus, TaskState, utcnow
 from libs.notify import Notifier, Phase
@@ -96,28 +96,35 @@ def mark_active(db: Database, instance_id: str, notifier: Notifier = _RECORD_ONL
     """The deploy (or rebuild) is done: BUILD or REBUILD -> ACTIVE, the failed nodes of
     this build forgotten. Returns False if it was neither any more (deleted meanwhile)."""
     with db.session() as session:
-        connection = session.connection()
-        for status, action in _DEPLOYED_ACTIONS.items():
-            # The nodes this build failed on (or was evacuated from) may serve it again
-            # in a later one, e.g. a repaired node taking its instance back.
-            params = {"b_id": instance_id, "b_status": status.value, "b_now": utcnow()}
-            row = connection.execute(_ACTIVATE, {**params, "b_failed": []}).first()
-            if row is not None:
-                notifier.instance(session, Instance(**row._mapping), action, Phase.END)
-                return True
-        return False
+        return activate(session, instance_id, notifier)
+
+
+def activate(session: Session, instance_id: str, notifier: Notifier = _RECORD_ONLY) -> bool:
+    """:func:`mark_active` in the caller's transaction (the node's own move to active)."""
+    connection = session.connection()
+    for status, action in _DEPLOYED_ACTIONS.items():
+        # The nodes this build failed on (or was evacuated from) may serve it again in a
+        # later one, e.g. a repaired node taking its instance back.
+        params = {"b_id": instance_id, "b_status": status.value, "b_now": utcnow()}
+        row = connection.execute(_ACTIVATE, {**params, "b_failed": []}).first()
+        if row is not None:
+            notifier.instance(session, Instance(**row._mapping), action, Phase.END)
+            return True
+    return False
 
 
 def mark_deleted(db: Database, instance_id: str, notifier: Notifier = _RECORD_ONLY) -> None:
     """The instance's node is torn down: DELETED, with the time."""
     with db.session() as session:
-        row = (
-            session.connection()
-            .execute(_MARK_DELETED, {"b_id": instance_id, "b_now": utcnow()})
-            .first()
-        )
-        if row is not None:
-            notifier.instance(session, Instance(**row._mapping), "delete", Phase.END)
+        delete_in(session, instance_id, notifier)
+
+
+def delete_in(session: Session, instance_id: str, notifier: Notifier = _RECORD_ONLY) -> None:
+    """:func:`mark_deleted` in the caller's transaction (the node's own cleaning's end)."""
+    params = {"b_id": instance_id, "b_now": utcnow()}
+    row = session.connection().execute(_MARK_DELETED, params).first()
+    if row is not None:
+        notifier.instance(session, Instance(**row._mapping), "delete", Phase.END)
 
 
 def mark_error(

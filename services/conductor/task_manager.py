@@ -172,9 +172,11 @@ class Task:
     def hostname(self) -> str:
         return self.manager.hostname
 
-    def process_event(self, event: Event | str) -> ProvisionState:
+    def process_event(
+        self, event: Event | str, *, also: Callable[[Session], None] | None = None
+    ) -> ProvisionState:
         """Move the node along the state machine (InvalidStateTransition if not allowed)
-        and save it."""
+        and save it (with ``also``'s change, see :meth:`save`)."""
         self._check_exclusive()
         old = self.node.provision_state
         new = next_state(old, event)
@@ -188,7 +190,7 @@ class Task:
         else:
             self.node.driver_internal_info.pop(CONDUCTOR_KEY, None)
         finished = self._time_work(old, new, now)
-        self.save()
+        self.save(also=also)
         if finished is not None:
             histogram, outcome, seconds = finished
             histogram.labels(outcome).observe(seconds)
@@ -252,8 +254,10 @@ class Task:
         self.retired = True
         LOG.info("node %s: deleted (its VM's room on the hypervisor is free)", self.node.id)
 
-    def save(self) -> None:
-        """Write the node's changed columns. NodeLocked if this task lost the lock."""
+    def save(self, *, also: Callable[[Session], None] | None = None) -> None:
+        """Write the node's changed columns, and ``also(session)``'s change in the same
+        transaction (the instance a deploy or a tear-down ends with). NodeLocked if this
+        task lost the lock."""
         self._check_exclusive()
         if self.retired:
             return
@@ -262,7 +266,7 @@ class Task:
             for name in SAVED_FIELDS
             if getattr(self.node, name) != self._saved[name]
         }
-        if not changes and not self._errors:
+        if not changes and not self._errors and also is None:
             return
         now = utcnow()
         with self.manager.db.session() as session:
@@ -277,6 +281,8 @@ class Task:
                     )
                 self.node.updated_at = now
             self._notify(session)
+            if also is not None:
+                also(session)
         self._saved = _snapshot(self.node)
         self._errors = []
 
@@ -388,6 +394,10 @@ class TaskManager:
         # node's release made a futile attempt each.
         self._releases: dict[str, int] = {}
         self._released = threading.Condition()
+        # The nodes this conductor holds the lock of: a reservation of one of them waits
+        # for its release without asking the database first (the ramdisk's report racing
+        # the task that started the ramdisk: an UPDATE and a SELECT spared).
+        self._held: set[str] = set()
 
     @contextmanager
     def acquire(
@@ -482,11 +492,22 @@ class TaskManager:
         params = {"b_id": node_id, "b_holder": self.hostname}
         while True:
             releases = self._releases.get(node_id, 0)
+            if node_id in self._held:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise NodeLocked(
+                        f"node {node_id} is locked by conductor {self.hostname} "
+                        f"(wanted for {purpose})"
+                    )
+                self._wait_for_a_release(node_id, releases, min(LOCK_RETRY_INTERVAL, remaining))
+                continue
             locked = None
             try:
                 with self.db.autocommit() as connection:
                     locked = connection.execute(_LOCK, params).first()
                     if locked is not None:
+                        with self._released:
+                            self._held.add(node_id)
                         ports = connection.execute(_PORTS, params).all()
                         return Node(**locked._mapping), [Port(**row._mapping) for row in ports]
                     found = connection.execute(_HOLDER, params).first()
@@ -515,6 +536,7 @@ class TaskManager:
 
     def _released_one(self, node_id: str) -> None:
         with self._released:
+            self._held.discard(node_id)
             self._releases[node_id] = self._releases.get(node_id, 0) + 1
             self._released.notify_all()
 

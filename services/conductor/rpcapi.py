@@ -35,14 +35,14 @@ def alive(heartbeat_timeout: float) -> tuple[ColumnElement[bool], ...]:
 
 def live_conductors(db: Database, heartbeat_timeout: float) -> list[str]:
     """Hostnames of the conductors that heartbeat within ``heartbeat_timeout`` seconds."""
-    with db.session() as session:
+    with db.reader() as session:
         rows = session.exec(select(Conductor.hostname).where(*alive(heartbeat_timeout))).all()
     return sorted(rows)
 
 
 def pinned_nodes(db: Database) -> dict[str, str]:
     """The nodes only one conductor may manage (VM nodes), and that conductor."""
-    with db.session() as session:
+    with db.reader() as session:
         rows = session.exec(
             select(Node.id, Node.pinned_conductor).where(col(Node.pinned_conductor).is_not(None))
         ).all()
@@ -122,7 +122,7 @@ class ConductorAPI:
     def _pin_of(self, node_id: str) -> str | None:
         if node_id in self._pins:
             return self._pins[node_id]
-        with self.db.session() as session:
+        with self.db.reader() as session:
             row = session.exec(
                 select(Node.id, Node.pinned_conductor).where(col(Node.id) == node_id)
             ).first()

@@ -76,10 +76,6 @@ SAVED_FIELDS = (
 
 LOCK_RETRY_INTERVAL = 0.05
 
-#: For the lock's and the saves' UPDATEs: their sessions hold no node to bring up to date
-#: (the ORM's check of its identity map cost a third of each statement's CPU).
-UNSYNCED = {"synchronize_session": False}
-
 Work = Callable[..., None]
 
 _NODE = Node.metadata.tables["node"]

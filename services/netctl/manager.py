@@ -35,7 +35,7 @@ _PORT = Port.metadata.tables["port"]
 _NETWORK = Network.metadata.tables["network"]
 #: Record a port's wiring and read the port back in one statement, built once; it is
 #: committed only once the switch is programmed (through the ORM, a read, then an
-#: UPDATE at commit, each call cost netctl a third more CPU).
+#: UPDATE at commit, each call cost netctl half again as much CPU).
 _WIRE = (
     update(_PORT)
     .where(_PORT.c.id == bindparam("b_id"))

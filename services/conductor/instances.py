@@ -92,15 +92,10 @@ _RECORD_ONLY = Notifier(service="conductor")
 _DEPLOYED_ACTIONS = {InstanceStatus.BUILD: "create", InstanceStatus.REBUILD: "rebuild"}
 
 
-def mark_active(db: Database, instance_id: str, notifier: Notifier = _RECORD_ONLY) -> bool:
-    """The deploy (or rebuild) is done: BUILD or REBUILD -> ACTIVE, the failed nodes of
-    this build forgotten. Returns False if it was neither any more (deleted meanwhile)."""
-    with db.session() as session:
-        return activate(session, instance_id, notifier)
-
-
 def activate(session: Session, instance_id: str, notifier: Notifier = _RECORD_ONLY) -> bool:
-    """:func:`mark_active` in the caller's transaction (the node's own move to active)."""
+    """The deploy (or rebuild) is done: BUILD or REBUILD -> ACTIVE, the failed nodes of
+    this build forgotten, in the caller's transaction (the node's own move to active).
+    Returns False if it was neither any more (deleted meanwhile)."""
     connection = session.connection()
     for status, action in _DEPLOYED_ACTIONS.items():
         # The nodes this build failed on (or was evacuated from) may serve it again in a

@@ -6,12 +6,27 @@ one more query counts what each filter removed, for the "no valid host" reason.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, not_, true
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Select,
+    String,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal,
+    not_,
+    true,
+    union_all,
+)
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -35,7 +50,9 @@ class NodeFilter(ABC):
 
     @abstractmethod
     def clause(self, spec: RequestSpec) -> ColumnElement[bool]:
-        """The SQL condition on ``node`` that the nodes passing this filter meet."""
+        """The SQL condition on ``node`` that the nodes passing this filter meet. It may
+        depend on anything the spec asks for but not on its ``instance_id``: the scheduler
+        builds its statements once per kind of request (see :func:`for_any_instance`)."""
 
 
 class ResourceClassFilter(NodeFilter):
@@ -164,6 +181,29 @@ def best_candidates(
     return [Candidate(id=i, cpus=c, memory_mb=m, disk_gb=d) for i, c, m, d in rows]
 
 
+def for_any_instance(spec: RequestSpec) -> RequestSpec:
+    """``spec`` without its instance: the key under which the statements built for it
+    are kept, so the requests of a burst of one flavor share them."""
+    return dataclasses.replace(spec, instance_id="")
+
+
+#: Statements kept per kind of request (flavor, networks, exclusions): building one and
+#: deriving its cache key cost a scheduling decision more CPU than running it.
+STATEMENTS_KEPT = 256
+
+
+@functools.lru_cache(maxsize=STATEMENTS_KEPT)
+def _shapes_statement(
+    filters: tuple[NodeFilter, ...], spec: RequestSpec, limit: int
+) -> Select[int, int, int]:
+    return (
+        sa_select(col(Node.cpus), col(Node.memory_mb), col(Node.disk_gb))
+        .where(*(f.clause(spec) for f in filters if f.counts_shapes))
+        .group_by(col(Node.cpus), col(Node.memory_mb), col(Node.disk_gb))
+        .limit(limit + 1)
+    )
+
+
 def candidate_shapes(
     session: Session, spec: RequestSpec, filters: Sequence[NodeFilter], limit: int
 ) -> list[Candidate] | None:
@@ -171,15 +211,37 @@ def candidate_shapes(
     that ``counts_shapes`` (a shape may turn out to have no node passing the others),
     each as a Candidate without an id; None when there are more than ``limit``. One
     aggregate over the candidates: an estate of thousands of nodes has a few shapes."""
-    rows = session.exec(
-        select(col(Node.cpus), col(Node.memory_mb), col(Node.disk_gb))
-        .where(*(f.clause(spec) for f in filters if f.counts_shapes))
-        .group_by(col(Node.cpus), col(Node.memory_mb), col(Node.disk_gb))
-        .limit(limit + 1)
-    ).all()
+    statement = _shapes_statement(tuple(filters), for_any_instance(spec), limit)
+    rows = session.connection().execute(statement).all()
     if len(rows) > limit:
         return None
     return [Candidate(id="", cpus=c, memory_mb=m, disk_gb=d) for c, m, d in rows]
+
+
+@functools.lru_cache(maxsize=STATEMENTS_KEPT)
+def _shape_nodes_statement(
+    filters: tuple[NodeFilter, ...], spec: RequestSpec, shape: Candidate
+) -> Select[Any]:
+    """Up to ``b_limit`` ids of nodes of ``shape`` passing the filters, from ``b_pivot``
+    on, then from the start: both walks of the primary key in one round trip."""
+    same_shape = (
+        col(Node.cpus) == shape.cpus,
+        col(Node.memory_mb) == shape.memory_mb,
+        col(Node.disk_gb) == shape.disk_gb,
+        *(f.clause(spec) for f in filters),
+    )
+    limit = bindparam("b_limit", type_=Integer)
+    pivot = bindparam("b_pivot", type_=String)
+    halves = [
+        sa_select(col(Node.id).label("id"), literal(part, Integer).label("part"))
+        .where(where, *same_shape)
+        .order_by(col(Node.id))
+        .limit(limit)
+        .subquery()
+        for part, where in ((0, col(Node.id) >= pivot), (1, col(Node.id) < pivot))
+    ]
+    both = union_all(*(sa_select(half.c.id, half.c.part) for half in halves)).subquery()
+    return sa_select(both.c.id).order_by(both.c.part, both.c.id).limit(limit)
 
 
 def nodes_of_shape(
@@ -192,28 +254,13 @@ def nodes_of_shape(
 ) -> list[Candidate]:
     """Up to ``limit`` nodes of ``shape`` that pass every filter, in id order from
     ``pivot`` on and round again from the start: a random pivot spreads schedulers that
-    work at the same time over different nodes, and each query walks the primary key
+    work at the same time over different nodes, and each walk follows the primary key
     instead of sorting every candidate."""
-    same_shape = (
-        col(Node.cpus) == shape.cpus,
-        col(Node.memory_mb) == shape.memory_mb,
-        col(Node.disk_gb) == shape.disk_gb,
-        *(f.clause(spec) for f in filters),
-    )
-    found: list[str] = []
-    for after_pivot in (True, False):
-        where = col(Node.id) >= pivot if after_pivot else col(Node.id) < pivot
-        found += session.exec(
-            select(col(Node.id))
-            .where(where, *same_shape)
-            .order_by(col(Node.id))
-            .limit(limit - len(found))
-        ).all()
-        if len(found) >= limit:
-            break
+    statement = _shape_nodes_statement(tuple(filters), for_any_instance(spec), shape)
+    found = session.connection().execute(statement, {"b_limit": limit, "b_pivot": pivot})
     return [
         Candidate(id=i, cpus=shape.cpus, memory_mb=shape.memory_mb, disk_gb=shape.disk_gb)
-        for i in found
+        for i in found.scalars()
     ]
 
 

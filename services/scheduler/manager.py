@@ -14,6 +14,8 @@ import uuid
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 
+from sqlalchemy import bindparam
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from libs import rpc
@@ -53,6 +55,16 @@ CANDIDATES_PER_ROUND = 50
 MAX_SHAPES = 200
 
 DEPLOY_FAILED = "deploy_failed"
+
+_INSTANCE = Instance.metadata.tables["instance"]
+_FLAVOR = Flavor.metadata.tables["flavor"]
+#: An instance and its flavor in one round trip, built once and run on a Core
+#: connection (the ORM's two gets cost the scheduler a fifth of its CPU).
+_INSTANCE_AND_FLAVOR = (
+    sa_select(_INSTANCE, _FLAVOR)
+    .select_from(_INSTANCE.outerjoin(_FLAVOR, _FLAVOR.c.id == _INSTANCE.c.flavor_id))
+    .where(_INSTANCE.c.id == bindparam("b_id"))
+)
 
 
 class SchedulerManager:
@@ -149,21 +161,25 @@ class SchedulerManager:
         self, instance_id: str, *, also_excluded: Iterable[str] = ()
     ) -> tuple[Instance, RequestSpec] | None:
         """The instance and what it needs, if it still waits for a node (else None)."""
-        with self.db.reader() as session:
-            instance = session.get(Instance, instance_id)
-            if instance is None:
-                LOG.warning("instance %s: not found, nothing to schedule", instance_id)
-                return None
-            if instance.status != InstanceStatus.BUILD or instance.node_id is not None:
-                LOG.info(
-                    "instance %s: not waiting for a node (status %s, node %s); ignored",
-                    instance_id,
-                    instance.status,
-                    instance.node_id,
-                )
-                return None
-            flavor = session.get(Flavor, instance.flavor_id)
+        with self.db.autocommit() as connection:
+            row = connection.execute(_INSTANCE_AND_FLAVOR, {"b_id": instance_id}).first()
         self.db.outage.succeeded()
+        if row is None:
+            LOG.warning("instance %s: not found, nothing to schedule", instance_id)
+            return None
+        columns = row._mapping
+        instance = Instance(**{column.key: columns[column] for column in _INSTANCE.c})
+        if instance.status != InstanceStatus.BUILD or instance.node_id is not None:
+            LOG.info(
+                "instance %s: not waiting for a node (status %s, node %s); ignored",
+                instance_id,
+                instance.status,
+                instance.node_id,
+            )
+            return None
+        flavor = None
+        if columns[_FLAVOR.c.id] is not None:
+            flavor = Flavor(**{column.key: columns[column] for column in _FLAVOR.c})
         if flavor is None:
             message = f"flavor {instance.flavor_id} no longer exists"
             fail_instance(

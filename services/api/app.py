@@ -18,6 +18,7 @@ from libs.rpc import Transport
 from services.conductor.rpcapi import ConductorAPI
 from services.scheduler.rpcapi import SchedulerAPI
 
+from .auth import TokenCache
 from .deps import DatabaseDep, check_parameters
 from .errors import install_error_handlers
 from .metrics import install_metrics
@@ -59,6 +60,7 @@ def create_app(settings: APISettings, db: Database, transport: Transport) -> Fas
     )
     app.state.settings = settings
     app.state.db = db
+    app.state.token_cache = TokenCache(settings.token_cache_seconds)
     app.state.scheduler_api = SchedulerAPI(transport)
     app.state.conductor_api = ConductorAPI(
         transport, db, heartbeat_timeout=settings.conductor_heartbeat_timeout

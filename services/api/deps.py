@@ -24,7 +24,15 @@ from libs.rpc import RequestContext
 from services.conductor.rpcapi import ConductorAPI
 from services.scheduler.rpcapi import SchedulerAPI
 
-from .auth import CSRF_HEADER, SESSION_COOKIE, csrf_token, user_for_token
+from .auth import (
+    CSRF_HEADER,
+    SESSION_COOKIE,
+    TokenCache,
+    TokenOwner,
+    csrf_token,
+    owner_of_token,
+    token_digest,
+)
 from .errors import InvalidInput, request_id_of
 from .schemas import unstorable
 from .settings import APISettings
@@ -210,16 +218,27 @@ def admin_project_id(session: Session) -> str:
     return project.id
 
 
-def get_context(
+async def get_context(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> RequestContext:
     """Who is calling: the bearer token (without one, the dashboard's session cookie) turned
-    into the context every RPC message carries."""
+    into the context every RPC message carries. A coroutine: a token the cache knows
+    (:class:`~.auth.TokenCache`) is answered here, without a hop to a pool thread; only
+    a lookup in the database goes to one."""
+    token = _presented_token(request, credentials)
+    if not _is_admin_token(settings, token):
+        owner = token_cache_of(request).get(token_digest(token))
+        if owner is not None:
+            return _user_context(request, owner)
+    return await run_in_threadpool(context_for_token, request, session, settings, token)
+
+
+def _presented_token(request: Request, credentials: HTTPAuthorizationCredentials | None) -> str:
     if credentials is not None and credentials.credentials:
-        return context_for_token(request, session, settings, credentials.credentials)
+        return credentials.credentials
     cookie = request.cookies.get(SESSION_COOKIE)
     if not cookie:
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
@@ -229,33 +248,49 @@ def get_context(
         request.headers.get(CSRF_HEADER, "").encode("utf-8"), csrf_token(cookie).encode("utf-8")
     ):
         raise Forbidden(f"a write signed in by the session cookie needs the {CSRF_HEADER} header")
-    return context_for_token(request, session, settings, cookie)
+    return cookie
+
+
+def _is_admin_token(settings: APISettings, token: str) -> bool:
+    admin_token = settings.admin_token
+    return admin_token is not None and hmac.compare_digest(
+        token.encode("utf-8"), admin_token.get_secret_value().encode("utf-8")
+    )
+
+
+#: Apps made without one (tests building their own) look every token up.
+_NO_CACHE = TokenCache(0)
+
+
+def token_cache_of(request: Request) -> TokenCache:
+    cache = getattr(request.app.state, "token_cache", None)
+    return cache if isinstance(cache, TokenCache) else _NO_CACHE
+
+
+def _user_context(request: Request, owner: TokenOwner) -> RequestContext:
+    return RequestContext(
+        request_id=request_id_of(request),
+        project_id=owner.project_id,
+        user_id=owner.user_id,
+        roles=(Role(owner.role).value,),
+    )
 
 
 def context_for_token(
     request: Request, session: Session, settings: APISettings, token: str
 ) -> RequestContext:
     """The context of a caller who presents ``token`` (the admin token or a user's)."""
-    request_id = request_id_of(request)
-    admin_token = settings.admin_token
-    if admin_token is not None and hmac.compare_digest(
-        token.encode("utf-8"), admin_token.get_secret_value().encode("utf-8")
-    ):
+    if _is_admin_token(settings, token):
         return RequestContext(
-            request_id=request_id,
+            request_id=request_id_of(request),
             project_id=admin_project_id(session),
             user_id=None,
             roles=(Role.ADMIN.value,),
         )
-    user = user_for_token(session, token)
-    if user is None:
+    owner = owner_of_token(session, token, token_cache_of(request))
+    if owner is None:
         raise Unauthorized("invalid or expired token")
-    return RequestContext(
-        request_id=request_id,
-        project_id=user.project_id,
-        user_id=user.id,
-        roles=(Role(user.role).value,),
-    )
+    return _user_context(request, owner)
 
 
 ContextDep = Annotated[RequestContext, Depends(get_context)]

@@ -20,6 +20,13 @@ class APISettings(CommonSettings):
         description="Bootstrap admin bearer token (TETSU_ADMIN_TOKEN); no admin without it",
     )
     token_ttl_seconds: int = Field(default=86400, gt=0, description="Lifetime of a user token")
+    token_cache_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="How long an API process remembers whom a token belongs to: a deleted "
+        "user's tokens keep working in the other API processes for up to this long; 0 looks "
+        "every token up in the database",
+    )
     image_dir: Path = Field(default=Path("images"), description="Where uploaded images live")
     public_url: str | None = Field(
         default=None,

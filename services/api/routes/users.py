@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Request, status
 from sqlmodel import Session, col, delete, select
 
 from libs.db import Project, Token, User
 from libs.errors import NotFound
 
 from ..auth import hash_password
-from ..deps import AdminDep, SessionDep
+from ..deps import AdminDep, SessionDep, token_cache_of
 from ..errors import InvalidInput
 from ..queries import PageDep, commit_unique, paginate
 from ..schemas import UserCreate, UserList, UserPublic
@@ -61,9 +61,11 @@ def show_user(user_id: str, session: SessionDep, _: AdminDep) -> UserPublic:
 
 
 @router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_user(user_id: str, session: SessionDep, _: AdminDep) -> None:
+def delete_user(request: Request, user_id: str, session: SessionDep, _: AdminDep) -> None:
     user = get_user(session, user_id)
-    # Their tokens stop working with them.
+    # Their tokens stop working with them (in the other API processes once their token
+    # cache forgets them: TETSU_TOKEN_CACHE_SECONDS).
     session.exec(delete(Token).where(col(Token.user_id) == user.id))
     session.delete(user)
     session.commit()
+    token_cache_of(request).forget_user(user_id)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
-from sqlmodel import select
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import delete, select
 
 from libs.db import Role, Token, utcnow
-from services.api.auth import hash_password, verify_password
+from services.api.app import create_app
+from services.api.auth import TokenCache, TokenOwner, hash_password, verify_password
 
 from .support import ADMIN, error_of, make_member
 
@@ -76,8 +80,61 @@ def test_expired_token_is_401(client, db, alice):
 
 
 def test_deleting_a_user_revokes_their_tokens(client, alice):
+    assert client.get("/v1/flavors", headers=alice.headers).status_code == 200  # now cached
     assert client.delete(f"/v1/users/{alice.user_id}", headers=ADMIN).status_code == 204
     assert client.get("/v1/flavors", headers=alice.headers).status_code == 401
+
+
+def test_a_token_seen_lately_is_not_looked_up_again(client, db, alice):
+    assert client.get("/v1/flavors", headers=alice.headers).status_code == 200
+    with db.session() as session:  # as another API process would delete it
+        session.exec(delete(Token))
+    assert client.get("/v1/flavors", headers=alice.headers).status_code == 200
+
+
+def test_without_the_cache_every_token_is_looked_up(settings, db, memory_transport, backend):
+    settings.token_cache_seconds = 0
+    with TestClient(create_app(settings, db, memory_transport)) as client:
+        member = make_member(db, "erin")
+        assert client.get("/v1/flavors", headers=member.headers).status_code == 200
+        with db.session() as session:
+            session.exec(delete(Token))
+        assert client.get("/v1/flavors", headers=member.headers).status_code == 401
+
+
+def _owner(expires_in: float) -> TokenOwner:
+    return TokenOwner(
+        user_id="u1",
+        project_id="p1",
+        role=Role.MEMBER.value,
+        expires_at=utcnow() + timedelta(seconds=expires_in),
+    )
+
+
+def test_the_cache_forgets_a_token_after_its_seconds(monkeypatch: pytest.MonkeyPatch):
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    cache = TokenCache(10)
+    cache.put("digest", _owner(3600))
+    now[0] += 9.9
+    assert cache.get("digest") is not None
+    now[0] += 0.1
+    assert cache.get("digest") is None
+
+
+def test_the_cache_answers_no_token_past_its_expiry():
+    cache = TokenCache(10)
+    cache.put("digest", _owner(-1))
+    assert cache.get("digest") is None
+
+
+def test_the_cache_forgets_a_deleted_users_tokens():
+    cache = TokenCache(10)
+    cache.put("a", _owner(3600))
+    cache.put("b", TokenOwner("u2", "p1", Role.MEMBER.value, utcnow() + timedelta(hours=1)))
+    cache.forget_user("u1")
+    assert cache.get("a") is None
+    assert cache.get("b") is not None
 
 
 def test_member_is_forbidden_admin_routes(client, alice):

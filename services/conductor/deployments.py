@@ -67,7 +67,7 @@ class Deployments:
                 "node %s is already %s for instance %s", node.id, node.provision_state, instance_id
             )
             return
-        status = instances.status_of(self.db, instance_id)
+        status, network_ids = instances.status_and_networks(self.db, instance_id)
         if status == InstanceStatus.DELETING:
             LOG.info("instance %s is being deleted: not deploying it", instance_id)
             return  # its tear-down releases the claim
@@ -85,14 +85,14 @@ class Deployments:
             )
             return
         task.process_event(Event.DEPLOY)
-        task.spawn_after(self._deploy, instance_id)
+        task.spawn_after(self._deploy, network_ids)
 
     def rebuild(self, task: Task, instance_id: str) -> None:
         """Write the instance's image (it may be a new one) again on the node it is active
         on: ``active -rebuild-> deploying``, then the deploy's own steps. A repeated request
         (casts can arrive twice) or one for an instance no longer REBUILD is ignored."""
         node = task.node
-        status = instances.status_of(self.db, instance_id)
+        status, network_ids = instances.status_and_networks(self.db, instance_id)
         if node.instance_id != instance_id or status != InstanceStatus.REBUILD:
             LOG.info(
                 "not rebuilding node %s: it holds %s, instance %s is %s",
@@ -111,7 +111,7 @@ class Deployments:
             )
             return
         task.process_event(Event.REBUILD)
-        task.spawn_after(self._deploy, instance_id)
+        task.spawn_after(self._deploy, network_ids)
 
     def resume(self, task: Task, success: bool, message: str | None) -> None:
         """The ramdisk reported on its deploy: finish it (on a worker) or fail it."""
@@ -161,10 +161,12 @@ class Deployments:
         except Exception:
             LOG.exception("could not ask the scheduler to reschedule instance %s", instance_id)
 
-    def _deploy(self, task: Task, instance_id: str) -> None:
+    def _deploy(self, task: Task, network_ids: list[str]) -> None:
+        """The deploy's steps up to the ramdisk's boot; ``network_ids``: the networks of
+        the instance (read with its status as the deploy began)."""
         step = "validation"
         try:
-            self._validate(task, instance_id)
+            self._validate(task, network_ids)
             step = "power off"
             steps.set_power(task, PowerState.OFF)
             step = "preparing the deploy"
@@ -182,9 +184,9 @@ class Deployments:
         except Exception as exc:
             self.fail(task, f"{step} failed: {steps.reason_of(exc)}")
 
-    def _validate(self, task: Task, instance_id: str) -> None:
+    def _validate(self, task: Task, network_ids: list[str]) -> None:
         steps.validate_interfaces(task)
-        wanted = len(instances.network_ids_of(self.db, instance_id))
+        wanted = len(network_ids)
         if wanted > len(task.ports):
             raise BadRequest(
                 f"the instance asks for {wanted} network(s) but node {task.node.id} "

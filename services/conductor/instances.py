@@ -22,6 +22,9 @@ _INSTANCE = Instance.metadata.tables["instance"]
 # The statements of every deploy and tear-down, built once and run on a Core connection
 # (through the ORM, the bookkeeping cost more CPU than the statements).
 _STATUS = select(_INSTANCE.c.status).where(_INSTANCE.c.id == bindparam("b_id"))
+_STATUS_AND_NETWORKS = select(_INSTANCE.c.status, _INSTANCE.c.network_ids).where(
+    _INSTANCE.c.id == bindparam("b_id")
+)
 _NETWORK_IDS = select(_INSTANCE.c.network_ids).where(_INSTANCE.c.id == bindparam("b_id"))
 #: BUILD or REBUILD (``b_status``) -> ACTIVE, the row read back for its event.
 _ACTIVATE = (
@@ -64,6 +67,15 @@ def status_of(db: Database, instance_id: str) -> InstanceStatus | None:
     with db.autocommit() as connection:
         status = connection.execute(_STATUS, {"b_id": instance_id}).scalar()
     return InstanceStatus(status) if status is not None else None
+
+
+def status_and_networks(db: Database, instance_id: str) -> tuple[InstanceStatus | None, list[str]]:
+    """:func:`status_of` and :func:`network_ids_of` in one read (a deploy's start)."""
+    with db.autocommit() as connection:
+        row = connection.execute(_STATUS_AND_NETWORKS, {"b_id": instance_id}).first()
+    if row is None:
+        return None, []
+    return InstanceStatus(row.status), list(row.network_ids or [])
 
 
 def network_ids_of(db: Database, instance_id: str) -> list[str]:

@@ -42,6 +42,11 @@ class Subscription(ABC):
     def close(self) -> None:
         """Stop delivering; returns once no delivery runs any more."""
 
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until what is published from now on is delivered (the broker's queue is
+        bound), for ``timeout`` seconds at most; returns whether it is."""
+        return True
+
 
 class NotificationBus(ABC):
     @abstractmethod
@@ -203,6 +208,9 @@ class _AMQPSubscription(Subscription):
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5.0)
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self.consuming.wait(timeout)
 
     def _run(self) -> None:
         attempt = 0

@@ -125,7 +125,8 @@ def get_event_hub(request: Request) -> EventHub:
 
 @asynccontextmanager
 async def events_lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """The app's life: the event hub listens to the bus while the app serves."""
+    """The app's life: the event hub serves streams (listening to the bus while any
+    is open) while the app serves."""
     hub: EventHub = app.state.event_hub
     await hub.start()
     try:
@@ -216,7 +217,7 @@ async def stream_events(
 
     async def events() -> AsyncIterator[str]:
         # Subscribed before the stored events are read, so none falls between the two.
-        client = hub.connect(lambda event: filters.matches(ctxt, event))
+        client = await hub.open(lambda event: filters.matches(ctxt, event))
         try:
             missed = await run_in_threadpool(_missed, db, ctxt, filters, last_event_id)
             sent = {event.id for event in missed}

@@ -141,7 +141,7 @@ def test_the_hub_takes_events_from_the_bus():
         bus = MemoryNotificationBus()
         hub = EventHub(bus)
         await hub.start()
-        client = hub.connect(lambda event: True)
+        client = await hub.open(lambda event: True)
         bus.publish("tetsu.instance.create.start", message("p1").model_dump_json().encode())
         bus.publish("garbage", b"not an event")  # logged and dropped
         received = await client.next(1.0)
@@ -152,13 +152,18 @@ def test_the_hub_takes_events_from_the_bus():
     asyncio.run(scenario())
 
 
-def test_the_hub_leaves_the_event_loop_alone_while_nobody_streams(monkeypatch):
-    """With no stream connected, an event from the bus is neither parsed nor handed to
-    the event loop (a burst publishes thousands); once a stream connects, it is."""
+def test_the_hub_listens_to_the_bus_only_while_someone_streams(monkeypatch):
+    """With no stream open, the hub is not subscribed (a burst publishes thousands of
+    events, each received in vain); the first stream subscribes, and the last one's
+    leaving unsubscribes after the linger."""
 
     async def scenario() -> None:
         bus = MemoryNotificationBus()
-        hub = EventHub(bus)
+        hub = EventHub(bus, linger=0.05)
+
+        def subscribed() -> bool:
+            return hub.subscribed
+
         await hub.start()
         parsed: list[bytes] = []
         real = EventMessage.model_validate_json
@@ -170,12 +175,25 @@ def test_the_hub_leaves_the_event_loop_alone_while_nobody_streams(monkeypatch):
         monkeypatch.setattr(EventMessage, "model_validate_json", counting)
         body = message("p1").model_dump_json().encode()
         bus.publish("tetsu.instance.create.start", body)
-        assert parsed == []
-        client = hub.connect(lambda event: True)
+        assert parsed == [] and not subscribed()
+        first = await hub.open(lambda event: True)
+        second = await hub.open(lambda event: True)
         bus.publish("tetsu.instance.create.start", body)
         assert parsed == [body]
-        received = await client.next(1.0)
+        received = await first.next(1.0)
         assert received is not None and received.project_id == "p1"
+        hub.disconnect(first)
+        await asyncio.sleep(0.1)
+        assert subscribed()  # the second one still streams
+        hub.disconnect(second)
+        assert subscribed()  # lingers, for a stream that reconnects
+        await asyncio.sleep(0.1)
+        assert not subscribed()
+        bus.publish("tetsu.instance.create.start", body)
+        assert parsed == [body]
+        again = await hub.open(lambda event: True)
+        bus.publish("tetsu.instance.create.start", body)
+        assert (await again.next(1.0)) is not None
         await hub.stop()
 
     asyncio.run(scenario())

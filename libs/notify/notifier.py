@@ -100,10 +100,35 @@ class Notifier:
         severity: EventSeverity | None = None,
     ) -> EventMessage:
         """Write the event in ``session``'s transaction; it is published once that commits."""
+        message = self.message(
+            object_type=object_type,
+            object_id=object_id,
+            action=action,
+            phase=phase,
+            payload=payload,
+            project_id=project_id,
+            severity=severity,
+        )
+        self.record(session, message)
+        return message
+
+    def message(
+        self,
+        *,
+        object_type: ObjectType,
+        object_id: str,
+        action: str,
+        phase: Phase,
+        payload: dict[str, Any],
+        project_id: str | None,
+        severity: EventSeverity | None = None,
+    ) -> EventMessage:
+        """An event, not written anywhere yet (:meth:`record` writes it in a session; a
+        caller that writes it in a statement of its own then calls :meth:`publish`)."""
         if severity is None:
             severity = EventSeverity.ERROR if phase is Phase.ERROR else EventSeverity.INFO
         ctxt = current_context.get()
-        message = EventMessage(
+        return EventMessage(
             id=new_id(),
             created_at=_CLOCK.now(),
             event_type=event_type(object_type.value, action, phase),
@@ -114,9 +139,16 @@ class Notifier:
             payload=payload,
             request_id=ctxt.request_id if ctxt is not None else None,
         )
+
+    def record(self, session: Session, message: EventMessage) -> None:
+        """Write ``message`` in ``session``'s transaction; published once that commits."""
         session.connection().execute(_INSERT_EVENT, message.model_dump())
         self._pending(session).append(message)
-        return message
+
+    def publish(self, messages: list[EventMessage]) -> None:
+        """Publish events the caller wrote and committed itself."""
+        for message in messages:
+            self._published(message)
 
     def _pending(self, session: Session) -> list[EventMessage]:
         """The events of ``session``'s transaction, published when it commits and
@@ -146,14 +178,27 @@ class Notifier:
         instance_id: str | None = None,
         **extra: Any,
     ) -> EventMessage:
+        """An event about ``node`` (see :meth:`node_message`), written in ``session``."""
+        message = self.node_message(node, action, phase, instance_id=instance_id, **extra)
+        self.record(session, message)
+        return message
+
+    def node_message(
+        self,
+        node: Node,
+        action: str,
+        phase: Phase,
+        *,
+        instance_id: str | None = None,
+        **extra: Any,
+    ) -> EventMessage:
         """An event about ``node`` (its fields as they are now), for admins only: members
         are not shown nodes (an instance's ``node_id`` is hidden from them too), so a node
         event belongs to no project. ``instance_id``: the instance the change let go of,
         named in the payload."""
         if instance_id is not None and node.instance_id is None:
             extra.setdefault("released_instance_id", instance_id)
-        return self.emit(
-            session,
+        return self.message(
             object_type=ObjectType.NODE,
             object_id=node.id,
             action=action,

@@ -87,31 +87,6 @@ class Notifier:
         self.bus = bus
         self.service = service
 
-    def emit(
-        self,
-        session: Session,
-        *,
-        object_type: ObjectType,
-        object_id: str,
-        action: str,
-        phase: Phase,
-        payload: dict[str, Any],
-        project_id: str | None,
-        severity: EventSeverity | None = None,
-    ) -> EventMessage:
-        """Write the event in ``session``'s transaction; it is published once that commits."""
-        message = self.message(
-            object_type=object_type,
-            object_id=object_id,
-            action=action,
-            phase=phase,
-            payload=payload,
-            project_id=project_id,
-            severity=severity,
-        )
-        self.record(session, message)
-        return message
-
     def message(
         self,
         *,
@@ -210,8 +185,8 @@ class Notifier:
     def instance(
         self, session: Session, instance: Instance, action: str, phase: Phase, **extra: Any
     ) -> EventMessage:
-        return self.emit(
-            session,
+        """An event about ``instance`` (its fields as they are now), written in ``session``."""
+        message = self.message(
             object_type=ObjectType.INSTANCE,
             object_id=instance.id,
             action=action,
@@ -219,6 +194,8 @@ class Notifier:
             payload=instance_payload(instance, **extra),
             project_id=instance.project_id,
         )
+        self.record(session, message)
+        return message
 
     def instance_by_id(
         self, session: Session, instance_id: str, action: str, phase: Phase, **extra: Any

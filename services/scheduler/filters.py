@@ -22,10 +22,8 @@ from sqlalchemy import (
     bindparam,
     case,
     func,
-    literal,
     not_,
     true,
-    union_all,
 )
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
@@ -220,28 +218,23 @@ def candidate_shapes(
 
 @functools.lru_cache(maxsize=STATEMENTS_KEPT)
 def _shape_nodes_statement(
-    filters: tuple[NodeFilter, ...], spec: RequestSpec, shape: Candidate
+    filters: tuple[NodeFilter, ...], spec: RequestSpec, shape: Candidate, after_pivot: bool
 ) -> Select[Any]:
-    """Up to ``b_limit`` ids of nodes of ``shape`` passing the filters, from ``b_pivot``
-    on, then from the start: both walks of the primary key in one round trip."""
-    same_shape = (
-        col(Node.cpus) == shape.cpus,
-        col(Node.memory_mb) == shape.memory_mb,
-        col(Node.disk_gb) == shape.disk_gb,
-        *(f.clause(spec) for f in filters),
-    )
-    limit = bindparam("b_limit", type_=Integer)
+    """Up to ``b_limit`` ids of nodes of ``shape`` passing the filters, in id order from
+    ``b_pivot`` on (``after_pivot``) or before it."""
     pivot = bindparam("b_pivot", type_=String)
-    halves = [
-        sa_select(col(Node.id).label("id"), literal(part, Integer).label("part"))
-        .where(where, *same_shape)
+    return (
+        sa_select(col(Node.id))
+        .where(
+            col(Node.id) >= pivot if after_pivot else col(Node.id) < pivot,
+            col(Node.cpus) == shape.cpus,
+            col(Node.memory_mb) == shape.memory_mb,
+            col(Node.disk_gb) == shape.disk_gb,
+            *(f.clause(spec) for f in filters),
+        )
         .order_by(col(Node.id))
-        .limit(limit)
-        .subquery()
-        for part, where in ((0, col(Node.id) >= pivot), (1, col(Node.id) < pivot))
-    ]
-    both = union_all(*(sa_select(half.c.id, half.c.part) for half in halves)).subquery()
-    return sa_select(both.c.id).order_by(both.c.part, both.c.id).limit(limit)
+        .limit(bindparam("b_limit", type_=Integer))
+    )
 
 
 def nodes_of_shape(
@@ -254,13 +247,21 @@ def nodes_of_shape(
 ) -> list[Candidate]:
     """Up to ``limit`` nodes of ``shape`` that pass every filter, in id order from
     ``pivot`` on and round again from the start: a random pivot spreads schedulers that
-    work at the same time over different nodes, and each walk follows the primary key
-    instead of sorting every candidate."""
-    statement = _shape_nodes_statement(tuple(filters), for_any_instance(spec), shape)
-    found = session.connection().execute(statement, {"b_limit": limit, "b_pivot": pivot})
+    work at the same time over different nodes, and each query walks the primary key
+    instead of sorting every candidate. (One statement for both walks, a UNION ALL, ran
+    both every time: at 100k nodes 17 -> 25 ms a decision.)"""
+    key = (tuple(filters), for_any_instance(spec), shape)
+    connection = session.connection()
+    found: list[str] = []
+    for after_pivot in (True, False):
+        statement = _shape_nodes_statement(*key, after_pivot)
+        params = {"b_limit": limit - len(found), "b_pivot": pivot}
+        found += connection.execute(statement, params).scalars()
+        if len(found) >= limit:
+            break
     return [
         Candidate(id=i, cpus=shape.cpus, memory_mb=shape.memory_mb, disk_gb=shape.disk_gb)
-        for i in found.scalars()
+        for i in found
     ]
 
 

@@ -151,13 +151,11 @@ class TokenCache:
                 del self._owners[digest]
 
 
-def owner_of_token(
-    session: Session, token: str, cache: TokenCache | None = None
-) -> TokenOwner | None:
+def owner_of_token(session: Session, token: str, cache: TokenCache) -> TokenOwner | None:
     """Who ``token`` belongs to (from ``cache`` when it knows), or None when it is unknown
     or expired."""
     digest = token_digest(token)
-    owner = cache.get(digest) if cache is not None else None
+    owner = cache.get(digest)
     if owner is None:
         # One query for the user and the expiry (each request the cache does not know).
         found = session.exec(
@@ -174,6 +172,5 @@ def owner_of_token(
             role=user.role,
             expires_at=as_utc(expires_at),
         )
-        if cache is not None:
-            cache.put(digest, owner)
+        cache.put(digest, owner)
     return owner if owner.expires_at > utcnow() else None

@@ -21,11 +21,9 @@ _INSTANCE = Instance.metadata.tables["instance"]
 
 # The statements of every deploy and tear-down, built once and run on a Core connection
 # (through the ORM, the bookkeeping cost more CPU than the statements).
-_STATUS = select(_INSTANCE.c.status).where(_INSTANCE.c.id == bindparam("b_id"))
 _STATUS_AND_NETWORKS = select(_INSTANCE.c.status, _INSTANCE.c.network_ids).where(
     _INSTANCE.c.id == bindparam("b_id")
 )
-_NETWORK_IDS = select(_INSTANCE.c.network_ids).where(_INSTANCE.c.id == bindparam("b_id"))
 #: BUILD or REBUILD (``b_status``) -> ACTIVE, the row read back for its event.
 _ACTIVATE = (
     update(_INSTANCE)
@@ -62,15 +60,9 @@ class FailedDeploy(enum.Enum):
     GONE = "gone"  # no such instance, or it is in no state to reschedule
 
 
-def status_of(db: Database, instance_id: str) -> InstanceStatus | None:
-    """The instance's status, or None if there is no such instance."""
-    with db.autocommit() as connection:
-        status = connection.execute(_STATUS, {"b_id": instance_id}).scalar()
-    return InstanceStatus(status) if status is not None else None
-
-
 def status_and_networks(db: Database, instance_id: str) -> tuple[InstanceStatus | None, list[str]]:
-    """:func:`status_of` and :func:`network_ids_of` in one read (a deploy's start)."""
+    """The instance's status (None if there is no such instance) and the networks its
+    ports go to, in port order, in one read."""
     with db.autocommit() as connection:
         row = connection.execute(_STATUS_AND_NETWORKS, {"b_id": instance_id}).first()
     if row is None:
@@ -78,11 +70,14 @@ def status_and_networks(db: Database, instance_id: str) -> tuple[InstanceStatus 
     return InstanceStatus(row.status), list(row.network_ids or [])
 
 
+def status_of(db: Database, instance_id: str) -> InstanceStatus | None:
+    """The instance's status, or None if there is no such instance."""
+    return status_and_networks(db, instance_id)[0]
+
+
 def network_ids_of(db: Database, instance_id: str) -> list[str]:
     """The networks the instance's ports go to, in port order (empty if no instance)."""
-    with db.autocommit() as connection:
-        network_ids = connection.execute(_NETWORK_IDS, {"b_id": instance_id}).scalar()
-    return list(network_ids or [])
+    return status_and_networks(db, instance_id)[1]
 
 
 def deleting_on(db: Database, node_id: str) -> str | None:

@@ -105,19 +105,15 @@ _UNLOCK = (
     .where(_NODE.c.id == bindparam("b_id"), _NODE.c.reservation == bindparam("b_holder"))
     .values(reservation=None)
 )
-#: A save: the columns SET are the parameters other than b_id and b_holder.
-_SAVE = core_update(_NODE).where(
-    _NODE.c.id == bindparam("b_id"), _NODE.c.reservation == bindparam("b_holder")
-)
 _EVENT = Node.metadata.tables["event"]
 
 
 @functools.lru_cache(maxsize=256)
 def _save_statement(columns: tuple[str, ...], events: int) -> Executable:
-    """A save as one statement (PostgreSQL): the UPDATE of ``columns`` (parameters
-    ``s_<column>``) and, for the row it updated, the INSERT of ``events`` events
-    (parameters ``e<i>_<column>``); its row count is the events', or 1 without any. Built
-    once per kind of save."""
+    """A save: the UPDATE of ``columns`` (parameters ``s_<column>``) and, with ``events``
+    (PostgreSQL only), the INSERT of that many events (parameters ``e<i>_<column>``) for
+    the row it updated, in one statement; its row count is the events', or 1 without
+    any. Built once per kind of save."""
     saved = core_update(_NODE).where(
         _NODE.c.id == bindparam("b_id"), _NODE.c.reservation == bindparam("b_holder")
     )
@@ -307,7 +303,7 @@ class Task:
             with self.manager.db.session() as session:
                 if changes:
                     result = session.connection().execute(
-                        _SAVE, {"b_id": self.node.id, "b_holder": self.hostname, **changes}
+                        _save_statement(tuple(changes), 0), self._save_params(changes, [])
                     )
                     if result.rowcount != 1:
                         raise self._lock_lost()
@@ -325,16 +321,20 @@ class Task:
         in a WITH clause and the events inserted for the row it updated, so a lost lock
         writes neither. One round trip where a transaction took four (BEGIN, UPDATE,
         INSERT, COMMIT)."""
+        statement = _save_statement(tuple(changes), len(events))
+        with self.manager.db.autocommit() as connection:
+            result = connection.execute(statement, self._save_params(changes, events))
+        if result.rowcount != max(len(events), 1):
+            raise self._lock_lost()
+        self.manager.notifier.publish(events)
+
+    def _save_params(self, changes: dict[str, Any], events: list[EventMessage]) -> dict[str, Any]:
+        """The parameters of :func:`_save_statement` for ``changes`` and ``events``."""
         params: dict[str, Any] = {"b_id": self.node.id, "b_holder": self.hostname}
         params.update((f"s_{name}", value) for name, value in changes.items())
         for index, message in enumerate(events):
             params.update((f"e{index}_{key}", value) for key, value in message.model_dump().items())
-        statement = _save_statement(tuple(changes), len(events))
-        with self.manager.db.autocommit() as connection:
-            result = connection.execute(statement, params)
-        if result.rowcount != max(len(events), 1):
-            raise self._lock_lost()
-        self.manager.notifier.publish(events)
+        return params
 
     def _lock_lost(self) -> NodeLocked:
         return NodeLocked(f"node {self.node.id} is no longer locked by conductor {self.hostname}")

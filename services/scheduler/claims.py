@@ -46,14 +46,17 @@ _CLAIM = (
     )
     .values(instance_id=bindparam("b_instance"), updated_at=bindparam("b_now"))
 )
+#: The instance ``b_instance`` is in BUILD without a node (not deleted, not scheduled
+#: meanwhile).
+_WAITS_FOR_A_NODE: tuple[ColumnElement[bool], ...] = (
+    _INSTANCE.c.id == bindparam("b_instance"),
+    _INSTANCE.c.status == InstanceStatus.BUILD.value,
+    _INSTANCE.c.node_id.is_(None),
+)
 #: The instance gets the node if it still waits in BUILD for one; read back for its event.
 _RECORD = (
     update(_INSTANCE)
-    .where(
-        _INSTANCE.c.id == bindparam("b_instance"),
-        _INSTANCE.c.status == InstanceStatus.BUILD.value,
-        _INSTANCE.c.node_id.is_(None),
-    )
+    .where(*_WAITS_FOR_A_NODE)
     .values(
         node_id=bindparam("b_node"),
         task_state=TaskState.DEPLOYING.value,
@@ -90,15 +93,6 @@ def claim_node(
             return ClaimOutcome.INSTANCE_GONE
         notifier.instance(session, instance, "schedule", Phase.END)
     return ClaimOutcome.CLAIMED
-
-
-def _waits_for_a_node(instance_id: str) -> tuple[ColumnElement[bool], ...]:
-    """The instance is in BUILD without a node (not deleted, not scheduled meanwhile)."""
-    return (
-        col(Instance.id) == instance_id,
-        col(Instance.status) == InstanceStatus.BUILD,
-        col(Instance.node_id).is_(None),
-    )
 
 
 def record_node(session: Session, instance_id: str, node_id: str, now: datetime) -> Instance | None:
@@ -184,8 +178,9 @@ def fail_instance(
     with db.session() as session:
         instance = session.exec(
             update(Instance)
-            .where(*_waits_for_a_node(instance_id))
-            .values(status=InstanceStatus.ERROR, task_state=None, fault=fault, updated_at=utcnow())
+            .where(*_WAITS_FOR_A_NODE)
+            .values(status=InstanceStatus.ERROR, task_state=None, fault=fault, updated_at=utcnow()),
+            params={"b_instance": instance_id},
         )
         if instance.rowcount != 1:
             return False

@@ -67,6 +67,11 @@ class Latencies:
             self.seconds.extend(other.seconds)
             self.failures.extend(other.failures)
 
+    def brief(self) -> str:
+        """p50 and p99 for a progress line."""
+        summary = self.summary()
+        return f"p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms"
+
     def summary(self) -> dict[str, Any]:
         p50, p99 = percentile(self.seconds, 50), percentile(self.seconds, 99)
         return {

@@ -19,7 +19,7 @@ from services.conductor.rpcapi import ConductorAPI
 from services.scheduler.rpcapi import SchedulerAPI
 
 from .auth import TokenCache
-from .deps import DatabaseDep, check_parameters
+from .deps import NO_TOKEN, DatabaseDep, check_parameters, document_bearer_token
 from .errors import install_error_handlers
 from .metrics import install_metrics
 from .middleware import RequestIDMiddleware
@@ -75,7 +75,7 @@ def create_app(settings: APISettings, db: Database, transport: Transport) -> Fas
         app.include_router(router, responses=_ERRORS)
     install_dashboard(app)
 
-    @app.get("/healthz", tags=["health"], responses={503: _ERRORS[503]})
+    @app.get("/healthz", tags=["health"], responses={503: _ERRORS[503]}, openapi_extra=NO_TOKEN)
     def healthz(db: DatabaseDep) -> Health:
         """200 when the API can reach its database (for load balancers and compose)."""
         try:
@@ -85,13 +85,14 @@ def create_app(settings: APISettings, db: Database, transport: Transport) -> Fas
             raise ServiceUnavailable("the database is unreachable") from None
         return Health(status="ok")
 
-    _drop_validation_responses(app)
+    _finish_schema(app)
     return app
 
 
-def _drop_validation_responses(app: FastAPI) -> None:
+def _finish_schema(app: FastAPI) -> None:
     """FastAPI documents a 422 on every route; this API answers bad input with 400 (see
-    errors.py), so the published schema must not promise a 422."""
+    errors.py), so the published schema must not promise a 422. And it documents the
+    bearer token, which FastAPI does not see (see deps.get_context)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -100,6 +101,7 @@ def _drop_validation_responses(app: FastAPI) -> None:
             for path in schema.get("paths", {}).values():
                 for operation in path.values():
                     operation.get("responses", {}).pop("422", None)
+            document_bearer_token(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -11,7 +11,6 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 from weakref import WeakKeyDictionary
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
@@ -40,7 +39,10 @@ from .settings import APISettings
 #: The project the bootstrap admin token acts in (created the first time it is used).
 ADMIN_PROJECT = "admin"
 
-_bearer = HTTPBearer(auto_error=False, description="A token from POST /v1/tokens")
+#: How the REST API's schema names the bearer token (see :func:`document_bearer_token`).
+BEARER_SCHEME = "HTTPBearer"
+#: A route that needs no bearer token says so in the schema with ``openapi_extra=NO_TOKEN``.
+NO_TOKEN: dict[str, Any] = {"security": []}
 
 
 async def get_settings(request: Request) -> APISettings:
@@ -126,17 +128,7 @@ READ_SESSIONS = 4
 LANES = SessionLanes(reads=READ_SESSIONS, writes=MAX_SESSIONS - READ_SESSIONS)
 
 
-async def session_turn(request: Request) -> AsyncIterator[None]:
-    """Wait for a free session in the request's lane; held until the session is closed."""
-    async with LANES.lane(request.method):
-        yield
-
-
-async def get_session(
-    request: Request,
-    db: DatabaseDep,
-    _turn: Annotated[None, Depends(session_turn, scope="function")],
-) -> AsyncIterator[Session]:
+async def get_session(request: Request) -> AsyncIterator[Session]:
     """A session for one request. Routes commit their writes themselves (so that a unique
     violation is answered as a 409 and a commit happens before any message is sent); the
     exit commits anything left and closes before the response is sent. It carries the
@@ -149,23 +141,29 @@ async def get_session(
     as a plain function each was a hop to a pool thread and back (measured, the API alone
     with 50 GETs of an instance in flight: 437 -> 520 a second, 2.8 -> 2.4 ms CPU each).
     A route that failed, or left a transaction open, is rolled back or committed on a
-    pool thread as before (SQLite may make a writer wait for its lock)."""
+    pool thread as before (SQLite may make a writer wait for its lock).
+
+    It first waits for a free session in the request's lane (:data:`LANES`), held until
+    the session is closed; one dependency rather than three, as FastAPI's solving of each
+    costs every request some CPU."""
+    db: Database = request.app.state.db
     reading = request.method in READ_METHODS
-    opened = db.reader() if reading else db.session()
-    session = opened.__enter__()
-    session.info[NOTIFIER_KEY] = getattr(request.app.state, "notifier", None)
-    try:
-        yield session
-    except Exception as exc:
-        await run_in_threadpool(opened.__exit__, type(exc), exc, exc.__traceback__)
-        raise
-    except BaseException as exc:  # cancelled: no waiting for a thread then
-        opened.__exit__(type(exc), exc, exc.__traceback__)
-        raise
-    if reading or not session.in_transaction():
-        opened.__exit__(None, None, None)
-    else:
-        await run_in_threadpool(opened.__exit__, None, None, None)
+    async with LANES.lane(request.method):
+        opened = db.reader() if reading else db.session()
+        session = opened.__enter__()
+        session.info[NOTIFIER_KEY] = getattr(request.app.state, "notifier", None)
+        try:
+            yield session
+        except Exception as exc:
+            await run_in_threadpool(opened.__exit__, type(exc), exc, exc.__traceback__)
+            raise
+        except BaseException as exc:  # cancelled: no waiting for a thread then
+            opened.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        if reading or not session.in_transaction():
+            opened.__exit__(None, None, None)
+        else:
+            await run_in_threadpool(opened.__exit__, None, None, None)
     db.outage.succeeded()
 
 
@@ -218,17 +216,15 @@ def admin_project_id(session: Session) -> str:
     return project.id
 
 
-async def get_context(
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> RequestContext:
+async def get_context(request: Request, session: SessionDep) -> RequestContext:
     """Who is calling: the bearer token (without one, the dashboard's session cookie) turned
     into the context every RPC message carries. A coroutine: a token the cache knows
     (:class:`~.auth.TokenCache`) is answered here, without a hop to a pool thread; only
-    a lookup in the database goes to one."""
-    token = _presented_token(request, credentials)
+    a lookup in the database goes to one. It reads the Authorization header itself: with
+    FastAPI's HTTPBearer as a dependency, every request paid for FastAPI working out OAuth
+    scopes it does not use (the schema documents the token, :func:`document_bearer_token`)."""
+    settings: APISettings = request.app.state.settings
+    token = _presented_token(request)
     if not _is_admin_token(settings, token):
         owner = token_cache_of(request).get(token_digest(token))
         if owner is not None:
@@ -236,9 +232,17 @@ async def get_context(
     return await run_in_threadpool(context_for_token, request, session, settings, token)
 
 
-def _presented_token(request: Request, credentials: HTTPAuthorizationCredentials | None) -> str:
-    if credentials is not None and credentials.credentials:
-        return credentials.credentials
+def _bearer_token(request: Request) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (the scheme in any case)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def _presented_token(request: Request) -> str:
+    token = _bearer_token(request)
+    if token is not None:
+        return token
     cookie = request.cookies.get(SESSION_COOKIE)
     if not cookie:
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
@@ -294,6 +298,18 @@ def context_for_token(
 
 
 ContextDep = Annotated[RequestContext, Depends(get_context)]
+
+
+def document_bearer_token(schema: dict[str, Any]) -> None:
+    """Say in the REST API's schema that every operation takes the bearer token, except
+    those that declare ``openapi_extra=NO_TOKEN``."""
+    schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+    schemes[BEARER_SCHEME] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A token from POST /v1/tokens",
+    }
+    schema["security"] = [{BEARER_SCHEME: []}]
 
 
 def ensure_admin(ctxt: RequestContext) -> RequestContext:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
-from sqlalchemy import or_
+from sqlalchemy import bindparam, or_
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from libs.db import Flavor, Instance
@@ -18,13 +19,26 @@ from ..schemas import FlavorCreate, FlavorList, FlavorPublic
 router = APIRouter(prefix="/v1/flavors", tags=["flavors"])
 
 
+_FLAVOR = Flavor.metadata.tables["flavor"]
+# One query for both (users mostly name flavors: a miss by id, then a look by name, cost
+# two), built once: each creation runs it.
+_FLAVOR_IDS = (
+    sa_select(_FLAVOR.c.id)
+    .where(or_(_FLAVOR.c.id == bindparam("ref"), _FLAVOR.c.name == bindparam("ref")))
+    .limit(2)
+)
+
+
+def find_flavor_id(session: Session, ref: str) -> str | None:
+    """The id of the flavor whose id, or else whose name, is ``ref``."""
+    ids = session.connection().execute(_FLAVOR_IDS, {"ref": ref}).scalars().all()
+    return ref if ref in ids else next(iter(ids), None)
+
+
 def find_flavor(session: Session, ref: str) -> Flavor | None:
-    """The flavor whose id, or else whose name, is ``ref`` (one query: users mostly name
-    flavors, and a miss by id then a look by name cost two)."""
-    matches = session.exec(
-        select(Flavor).where(or_(col(Flavor.id) == ref, col(Flavor.name) == ref)).limit(2)
-    ).all()
-    return next((f for f in matches if f.id == ref), matches[0] if matches else None)
+    """The flavor whose id, or else whose name, is ``ref``."""
+    flavor_id = find_flavor_id(session, ref)
+    return None if flavor_id is None else session.get(Flavor, flavor_id)
 
 
 def get_flavor(session: Session, ref: str) -> Flavor:

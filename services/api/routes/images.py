@@ -11,11 +11,12 @@ import hashlib
 import os
 import uuid
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import FileResponse
-from sqlalchemy import or_
+from sqlalchemy import bindparam, or_
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select, update
 from starlette.concurrency import run_in_threadpool
 
@@ -54,20 +55,37 @@ def get_own_image(session: Session, image_id: str, ctxt: RequestContext) -> Imag
     return image
 
 
-def find_image(session: Session, ref: str, ctxt: RequestContext) -> Image:
-    """The visible image whose id, or else whose (unambiguous) name, is ``ref``.
+class ImageChoice(NamedTuple):
+    """What a request that names an image needs of it."""
+
+    id: str
+    status: ImageStatus
+
+
+_IMAGE = Image.metadata.tables["image"]
+_IMAGES_BY_REF = sa_select(_IMAGE.c.id, _IMAGE.c.status).where(
+    or_(_IMAGE.c.id == bindparam("ref"), _IMAGE.c.name == bindparam("ref"))
+)
+# Built once (each creation runs one): for admins, and for members (theirs and the public).
+_ANY_IMAGE_BY_REF = _IMAGES_BY_REF.limit(3)
+_VISIBLE_IMAGE_BY_REF = _IMAGES_BY_REF.where(
+    or_(_IMAGE.c.project_id.is_(None), _IMAGE.c.project_id == bindparam("project_id"))
+).limit(3)
+
+
+def find_image(session: Session, ref: str, ctxt: RequestContext) -> ImageChoice:
+    """The visible image whose id, or else whose (unambiguous) name, is ``ref``, in one
+    query.
 
     Raises :class:`InvalidInput`: callers use it for references inside a request body.
     """
-    image = session.get(Image, ref)
-    if image is not None and is_visible(image, ctxt):
-        return image
-    statement = select(Image).where(col(Image.name) == ref)
-    if not ctxt.is_admin:
-        statement = statement.where(
-            or_(col(Image.project_id).is_(None), col(Image.project_id) == ctxt.project_id)
-        )
-    matches = session.exec(statement.limit(2)).all()
+    statement = _ANY_IMAGE_BY_REF if ctxt.is_admin else _VISIBLE_IMAGE_BY_REF
+    rows = session.connection().execute(statement, {"ref": ref, "project_id": ctxt.project_id})
+    # Three rows at most: one by id, and two by name are enough to call the name ambiguous.
+    matches = [ImageChoice(row.id, ImageStatus(row.status)) for row in rows]
+    by_id = next((m for m in matches if m.id == ref), None)
+    if by_id is not None:
+        return by_id
     if not matches:
         raise InvalidInput(f"image {ref!r} not found")
     if len(matches) > 1:

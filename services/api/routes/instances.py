@@ -4,10 +4,12 @@ with a node asks the node's conductor to tear it down (see docs/architecture.md)
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response, status
-from sqlalchemy import Update, insert
+from sqlalchemy import bindparam, insert
+from sqlalchemy import select as sa_select
+from sqlalchemy.sql.dml import ReturningUpdate
 from sqlmodel import Session, col, select, update
 
 from libs import rpc
@@ -47,7 +49,7 @@ from ..deps import (
 from ..errors import InvalidInput
 from ..queries import PageDep, paginate
 from ..schemas import InstanceCreate, InstanceList, InstancePublic, InstanceRebuild
-from .flavors import find_flavor
+from .flavors import find_flavor_id
 from .images import find_image
 
 router = APIRouter(prefix="/v1/instances", tags=["instances"])
@@ -56,16 +58,56 @@ router = APIRouter(prefix="/v1/instances", tags=["instances"])
 BUS_ERRORS = (rpc.Timeout, rpc.NoConsumer, rpc.TransportError)
 
 
+# The statements of the routes a burst hits, built once: built per request (and the ORM's
+# session.get), they cost the API more CPU than the queries themselves.
 _INSTANCE = Instance.metadata.tables["instance"]
 _INSERT_INSTANCE = insert(_INSTANCE)
+_SELECT_INSTANCE = sa_select(_INSTANCE).where(_INSTANCE.c.id == bindparam("b_id"))
+_NETWORK = Network.metadata.tables["network"]
+_SELECT_NETWORKS = sa_select(_NETWORK.c.id, _NETWORK.c.project_id).where(
+    _NETWORK.c.id.in_(bindparam("b_ids", expanding=True))
+)
+_GONE = (InstanceStatus.DELETING.value, InstanceStatus.DELETED.value)
+# Conditional: the scheduler may be claiming a node for it right now.
+_DELETE_UNPLACED = (
+    update(_INSTANCE)
+    .where(
+        _INSTANCE.c.id == bindparam("b_id"),
+        _INSTANCE.c.node_id.is_(None),
+        _INSTANCE.c.status.not_in(_GONE),
+    )
+    .values(
+        status=InstanceStatus.DELETED.value,
+        task_state=None,
+        deleted_at=bindparam("b_now"),
+        updated_at=bindparam("b_now"),
+    )
+    .returning(*_INSTANCE.c)
+)
+_START_DELETING = (
+    update(_INSTANCE)
+    .where(
+        _INSTANCE.c.id == bindparam("b_id"),
+        _INSTANCE.c.node_id == bindparam("b_node"),
+        _INSTANCE.c.status == bindparam("b_status"),
+    )
+    .values(
+        status=InstanceStatus.DELETING.value,
+        task_state=TaskState.DELETING.value,
+        updated_at=bindparam("b_now"),
+    )
+    .returning(*_INSTANCE.c)
+)
 
 
 def get_instance(session: Session, instance_id: str, ctxt: RequestContext) -> Instance:
-    """An instance of the caller's project (any for an admin); others' are not found."""
-    instance = session.get(Instance, instance_id)
-    if instance is None or not may_see(ctxt, instance.project_id):
+    """An instance of the caller's project (any for an admin); others' are not found. Read
+    as it is in the database now, and not kept in the session: change it with statements
+    and read it again with this."""
+    row = session.connection().execute(_SELECT_INSTANCE, {"b_id": instance_id}).first()
+    if row is None or not may_see(ctxt, row.project_id):
         raise NotFound(f"instance {instance_id!r} not found")
-    return instance
+    return Instance(**row._mapping)
 
 
 def public(instance: Instance, ctxt: RequestContext) -> InstancePublic:
@@ -73,9 +115,13 @@ def public(instance: Instance, ctxt: RequestContext) -> InstancePublic:
 
 
 def check_networks(session: Session, network_ids: list[str], ctxt: RequestContext) -> None:
+    """Each of ``network_ids`` exists and is the caller's (one query for all)."""
+    if not network_ids:
+        return
+    rows = session.connection().execute(_SELECT_NETWORKS, {"b_ids": network_ids})
+    visible = {row.id for row in rows if may_see(ctxt, row.project_id)}
     for network_id in network_ids:
-        network = session.get(Network, network_id)
-        if network is None or not may_see(ctxt, network.project_id):
+        if network_id not in visible:
             raise InvalidInput(f"network {network_id!r} not found")
 
 
@@ -88,8 +134,8 @@ def create_instance(
     scheduler: SchedulerAPIDep,
 ) -> InstancePublic:
     """Start building an instance; poll it until ACTIVE (or ERROR, with a fault)."""
-    flavor = find_flavor(session, body.flavor)
-    if flavor is None:
+    flavor_id = find_flavor_id(session, body.flavor)
+    if flavor_id is None:
         raise InvalidInput(f"flavor {body.flavor!r} not found")
     image = find_image(session, body.image, ctxt)
     if image.status != ImageStatus.ACTIVE:
@@ -101,7 +147,7 @@ def create_instance(
         name=body.name,
         project_id=ctxt.project_id,
         user_id=ctxt.user_id,
-        flavor_id=flavor.id,
+        flavor_id=flavor_id,
         image_id=image.id,
         network_ids=list(body.networks),
         status=InstanceStatus.BUILD,
@@ -187,10 +233,12 @@ def show_instance(instance_id: str, session: SessionDep, ctxt: ContextDep) -> In
 router.get("/{instance_id}")(one_hop(show_instance))
 
 
-def _changed(session: Session, statement: Update) -> Instance | None:
-    """The instance as ``statement``, an UPDATE of one instance, left it (read back by the
-    same statement); None if it matched no row."""
-    row = session.connection().execute(statement.returning(*_INSTANCE.c)).first()
+def _changed(
+    session: Session, statement: ReturningUpdate[Any], **params: object
+) -> Instance | None:
+    """The instance as ``statement``, an UPDATE of one instance that returns its columns,
+    left it; None if it matched no row."""
+    row = session.connection().execute(statement, params).first()
     return None if row is None else Instance(**row._mapping)
 
 
@@ -209,31 +257,14 @@ def delete_instance(
     instance = get_instance(session, instance_id, ctxt)
     _refuse_if_gone(instance)
     notifier = notifier_of(session)
-    gone = (InstanceStatus.DELETING.value, InstanceStatus.DELETED.value)
     if instance.node_id is None:
-        # Conditional: the scheduler may be claiming a node for it right now.
-        now = utcnow()
-        deleted = _changed(
-            session,
-            update(_INSTANCE)
-            .where(
-                _INSTANCE.c.id == instance.id,
-                _INSTANCE.c.node_id.is_(None),
-                _INSTANCE.c.status.not_in(gone),
-            )
-            .values(
-                status=InstanceStatus.DELETED.value,
-                task_state=None,
-                deleted_at=now,
-                updated_at=now,
-            ),
-        )
+        deleted = _changed(session, _DELETE_UNPLACED, b_id=instance.id, b_now=utcnow())
         if deleted is not None:
             notifier.instance(session, deleted, "delete", Phase.END)
             session.commit()
             return public(deleted, ctxt)
         session.commit()
-        session.refresh(instance)
+        instance = get_instance(session, instance.id, ctxt)
         _refuse_if_gone(instance)
     node_id = instance.node_id
     if node_id is None:
@@ -241,17 +272,11 @@ def delete_instance(
     before = (instance.status, instance.task_state)
     deleting = _changed(
         session,
-        update(_INSTANCE)
-        .where(
-            _INSTANCE.c.id == instance.id,
-            _INSTANCE.c.node_id == node_id,
-            _INSTANCE.c.status == InstanceStatus(instance.status).value,
-        )
-        .values(
-            status=InstanceStatus.DELETING.value,
-            task_state=TaskState.DELETING.value,
-            updated_at=utcnow(),
-        ),
+        _START_DELETING,
+        b_id=instance.id,
+        b_node=node_id,
+        b_status=InstanceStatus(instance.status).value,
+        b_now=utcnow(),
     )
     if deleting is not None:
         notifier.instance(session, deleting, "delete", Phase.START)
@@ -335,8 +360,7 @@ def rebuild_instance(
         )
         session.commit()
         raise
-    session.refresh(instance)
-    return public(instance, ctxt)
+    return public(get_instance(session, instance.id, ctxt), ctxt)
 
 
 def _node_looks_dead(node: Node) -> bool:
@@ -397,5 +421,4 @@ def evacuate_instance(
         )
         session.commit()
         raise
-    session.refresh(instance)
-    return public(instance, ctxt)
+    return public(get_instance(session, instance.id, ctxt), ctxt)

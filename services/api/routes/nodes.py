@@ -19,7 +19,7 @@ from libs.rpc import RequestContext
 from services.conductor.states import ProvisionState
 
 from ..auth import token_digest
-from ..deps import AdminDep, ConductorAPIDep, SessionDep, notifier_of
+from ..deps import NO_TOKEN, AdminDep, ConductorAPIDep, SessionDep, notifier_of
 from ..errors import Duplicate, request_id_of
 from ..queries import PageDep, commit_unique, paginate
 from ..schemas import (
@@ -233,6 +233,7 @@ def validate_node(
     status_code=status.HTTP_202_ACCEPTED,
     response_class=Response,
     responses={401: {"description": "Wrong token"}, 409: {"description": "Not waiting"}},
+    openapi_extra=NO_TOKEN,  # the ramdisk's own token, in the body
 )
 def ramdisk_callback(
     node_id: str,

@@ -7,13 +7,13 @@ from fastapi import APIRouter, status
 from libs.errors import Unauthorized
 
 from ..auth import authenticate, issue_token
-from ..deps import SessionDep, SettingsDep
+from ..deps import NO_TOKEN, SessionDep, SettingsDep
 from ..schemas import TokenCreate, TokenPublic
 
 router = APIRouter(prefix="/v1/tokens", tags=["tokens"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, openapi_extra=NO_TOKEN)
 def create_token(body: TokenCreate, session: SessionDep, settings: SettingsDep) -> TokenPublic:
     user = authenticate(session, body.name, body.password)
     if user is None:

@@ -33,6 +33,15 @@ def test_other_scheme_is_401(client):
     assert response.status_code == 401
 
 
+def test_the_scheme_is_read_in_any_case_and_an_empty_token_is_none(client, alice):
+    token = alice.headers["Authorization"].removeprefix("Bearer ")
+    listed = client.get("/v1/flavors", headers={"Authorization": f"bearer {token}"})
+    assert listed.status_code == 200
+    empty = client.get("/v1/flavors", headers={"Authorization": "Bearer "})
+    assert empty.status_code == 401
+    assert "missing bearer token" in error_of(empty)["reason"]
+
+
 def test_login_gives_a_token_that_works(client):
     project = client.post("/v1/projects", json={"name": "research"}, headers=ADMIN).json()
     user = client.post(

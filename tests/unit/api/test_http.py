@@ -178,7 +178,20 @@ def test_openapi_describes_the_api(client):
         "/v1/tokens",
     ):
         assert path in spec["paths"], path
-    assert "HTTPBearer" in spec["components"]["securitySchemes"]
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    # Every operation takes the token, except those that cannot have one yet.
+    assert spec["security"] == [{"HTTPBearer": []}]
+    no_token = [
+        (method, path)
+        for path, operations in spec["paths"].items()
+        for method, operation in operations.items()
+        if operation.get("security") == []
+    ]
+    assert sorted(no_token) == [
+        ("get", "/healthz"),
+        ("post", "/v1/nodes/{node_id}/callback"),
+        ("post", "/v1/tokens"),
+    ]
     assert client.get("/docs").status_code == 200
 
 

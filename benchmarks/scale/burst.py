@@ -339,9 +339,8 @@ def run_burst(
                 started = time.time()
                 burst(range(nodes), create, concurrency=concurrency, latencies=creates)
                 result["create_requests_s"] = round(time.time() - started, 2)
-                log(
-                    f"[tetsu] creations answered in {result['create_requests_s']} s, {creates.brief()}"
-                )
+                answered = result["create_requests_s"]
+                log(f"[tetsu] creations answered in {answered} s, {creates.brief()}")
 
                 wait_until(
                     lambda: settled(stack, admin, "BUILD"),
@@ -382,9 +381,8 @@ def run_burst(
                 started = time.time()
                 burst(list(created), delete, concurrency=concurrency, latencies=deletes)
                 result["delete_requests_s"] = round(time.time() - started, 2)
-                log(
-                    f"[tetsu] deletions answered in {result['delete_requests_s']} s, {deletes.brief()}"
-                )
+                answered = result["delete_requests_s"]
+                log(f"[tetsu] deletions answered in {answered} s, {deletes.brief()}")
 
                 def all_free() -> list[dict[str, Any]] | None:
                     # Nodes whose instance could not be created or deleted stay taken.

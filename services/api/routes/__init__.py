@@ -19,7 +19,11 @@ from . import (
     users,
 )
 
+#: In the order a request's path is matched against them: instances first, as most
+#: requests are about instances (FastAPI tries every route of a router before the next
+#: router's; a creation matched after 40 other routes spent ~5% of its CPU on matching).
 ROUTERS: tuple[APIRouter, ...] = (
+    instances.router,
     projects.router,
     users.router,
     tokens.router,
@@ -29,7 +33,6 @@ ROUTERS: tuple[APIRouter, ...] = (
     nodes.router,
     hypervisors.router,
     ports.router,
-    instances.router,
     conductors.router,
     events.router,
 )

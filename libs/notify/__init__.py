@@ -15,7 +15,7 @@ from .bus import (
     Subscription,
     bus_for,
 )
-from .notifier import EventMessage, Notifier, project_of
+from .notifier import EventMessage, Notifier, event_params, project_of, with_events
 from .payloads import (
     PAYLOAD_VERSION,
     ObjectType,
@@ -39,10 +39,12 @@ __all__ = [
     "Phase",
     "Subscription",
     "bus_for",
+    "event_params",
     "event_type",
     "instance_payload",
     "node_payload",
     "node_transition",
     "project_of",
     "sweep_events",
+    "with_events",
 ]

@@ -13,8 +13,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
+from sqlalchemy import Column, Executable, bindparam, insert, union_all
 from sqlalchemy import event as sa_event
-from sqlalchemy import insert
+from sqlalchemy import select as sa_select
+from sqlalchemy.sql.dml import Insert, Update
 from sqlmodel import Session, col, select
 
 from libs import metrics
@@ -74,9 +76,42 @@ class _Clock:
 
 _CLOCK = _Clock()
 
+_EVENT = Event.metadata.tables["event"]
 #: An event row's INSERT, built once: through the ORM (an Event added to the session and
 #: flushed at commit) each event cost a conductor half again as much CPU.
-_INSERT_EVENT = insert(Event.metadata.tables["event"])
+_INSERT_EVENT = insert(_EVENT)
+
+
+def with_events(change: Insert | Update, key: Column[Any], events: int) -> Executable:
+    """``change``, a statement that writes one row, and the INSERT of ``events`` events
+    for the row it wrote (parameters :func:`event_params`), as one statement: the change
+    in a WITH clause (PostgreSQL), so that committed on its own it writes both or neither,
+    in one round trip where a transaction takes four (BEGIN, the change, the INSERT,
+    COMMIT). ``key`` is a column of the changed row; the row count is the events' (none
+    when ``change`` matched no row). Build it once per kind of change."""
+    changed = change.returning(key).cte("changed")
+    rows = [
+        sa_select(
+            *(bindparam(f"e{index}_{c.key}", type_=c.type).label(c.key) for c in _EVENT.c)
+        ).select_from(changed)
+        for index in range(events)
+    ]
+    source = rows[0] if events == 1 else union_all(*rows)
+    # The row count of an INSERT is kept only when asked for.
+    return (
+        insert(_EVENT)
+        .from_select([c.key for c in _EVENT.c], source)
+        .execution_options(preserve_rowcount=True)
+    )
+
+
+def event_params(events: list[EventMessage]) -> dict[str, Any]:
+    """The parameters of the events of a :func:`with_events` statement."""
+    return {
+        f"e{index}_{key}": value
+        for index, message in enumerate(events)
+        for key, value in message.model_dump().items()
+    }
 
 
 class Notifier:
@@ -186,7 +221,15 @@ class Notifier:
         self, session: Session, instance: Instance, action: str, phase: Phase, **extra: Any
     ) -> EventMessage:
         """An event about ``instance`` (its fields as they are now), written in ``session``."""
-        message = self.message(
+        message = self.instance_message(instance, action, phase, **extra)
+        self.record(session, message)
+        return message
+
+    def instance_message(
+        self, instance: Instance, action: str, phase: Phase, **extra: Any
+    ) -> EventMessage:
+        """An event about ``instance`` (its fields as they are now), not written anywhere."""
+        return self.message(
             object_type=ObjectType.INSTANCE,
             object_id=instance.id,
             action=action,
@@ -194,8 +237,6 @@ class Notifier:
             payload=instance_payload(instance, **extra),
             project_id=instance.project_id,
         )
-        self.record(session, message)
-        return message
 
     def instance_by_id(
         self, session: Session, instance_id: str, action: str, phase: Phase, **extra: Any

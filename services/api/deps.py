@@ -184,6 +184,19 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+def statements_commit_alone(session: Session) -> bool:
+    """On PostgreSQL, make each statement ``session`` runs from now on commit on its own,
+    without a transaction's BEGIN and COMMIT round trips, and say so; a route that asks
+    then writes what must commit together in one statement. On SQLite, False: the session
+    stays a transaction. A transaction the session holds (the caller's token looked up in
+    it) is committed first."""
+    if session.get_bind().dialect.name != "postgresql":
+        return False
+    session.commit()
+    session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    return True
+
+
 def one_hop(route: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
     """A route that waits on the database, made a coroutine that runs it on a pool thread:
     FastAPI runs a plain function there too, but then also checks its answer on another

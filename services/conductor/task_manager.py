@@ -27,15 +27,14 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Executable, bindparam, delete, insert, union_all
-from sqlalchemy import select as core_select
+from sqlalchemy import Executable, bindparam, delete
 from sqlalchemy import update as core_update
 from sqlmodel import Session, col, select, update
 
 from libs import metrics
 from libs.db import Database, Node, Port, PowerState, as_utc, is_unavailable, utcnow
 from libs.errors import NodeLocked, NotFound
-from libs.notify import EventMessage, Notifier, Phase, node_transition
+from libs.notify import EventMessage, Notifier, Phase, event_params, node_transition, with_events
 from libs.rpc import RequestContext
 
 from .drivers import (
@@ -105,7 +104,6 @@ _UNLOCK = (
     .where(_NODE.c.id == bindparam("b_id"), _NODE.c.reservation == bindparam("b_holder"))
     .values(reservation=None)
 )
-_EVENT = Node.metadata.tables["event"]
 
 
 @functools.lru_cache(maxsize=256)
@@ -120,22 +118,7 @@ def _save_statement(columns: tuple[str, ...], events: int) -> Executable:
     saved = saved.values(
         {name: bindparam(f"s_{name}", type_=_NODE.c[name].type) for name in columns}
     )
-    if not events:
-        return saved
-    cte = saved.returning(_NODE.c.id).cte("saved")
-    rows = [
-        core_select(
-            *(bindparam(f"e{index}_{c.key}", type_=c.type).label(c.key) for c in _EVENT.c)
-        ).select_from(cte)
-        for index in range(events)
-    ]
-    source = rows[0] if events == 1 else union_all(*rows)
-    # The row count of an INSERT is kept only when asked for.
-    return (
-        insert(_EVENT)
-        .from_select([c.key for c in _EVENT.c], source)
-        .execution_options(preserve_rowcount=True)
-    )
+    return with_events(saved, _NODE.c.id, events) if events else saved
 
 
 class NodeDriver:
@@ -332,8 +315,7 @@ class Task:
         """The parameters of :func:`_save_statement` for ``changes`` and ``events``."""
         params: dict[str, Any] = {"b_id": self.node.id, "b_holder": self.hostname}
         params.update((f"s_{name}", value) for name, value in changes.items())
-        for index, message in enumerate(events):
-            params.update((f"e{index}_{key}", value) for key, value in message.model_dump().items())
+        params.update(event_params(events))
         return params
 
     def _lock_lost(self) -> NodeLocked:

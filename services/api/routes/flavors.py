@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
@@ -20,19 +21,26 @@ router = APIRouter(prefix="/v1/flavors", tags=["flavors"])
 
 
 _FLAVOR = Flavor.metadata.tables["flavor"]
-# One query for both (users mostly name flavors: a miss by id, then a look by name, cost
-# two), built once: each creation runs it.
-_FLAVOR_IDS = (
+#: The ids of the flavor whose id or name is ``flavor_ref``: one query for both (users mostly
+#: name flavors: a miss by id, then a look by name, cost two), built once.
+FLAVOR_IDS = (
     sa_select(_FLAVOR.c.id)
-    .where(or_(_FLAVOR.c.id == bindparam("ref"), _FLAVOR.c.name == bindparam("ref")))
+    .where(or_(_FLAVOR.c.id == bindparam("flavor_ref"), _FLAVOR.c.name == bindparam("flavor_ref")))
     .limit(2)
 )
 
 
 def find_flavor_id(session: Session, ref: str) -> str | None:
     """The id of the flavor whose id, or else whose name, is ``ref``."""
-    ids = session.connection().execute(_FLAVOR_IDS, {"ref": ref}).scalars().all()
-    return ref if ref in ids else next(iter(ids), None)
+    return choose_flavor_id(
+        session.connection().execute(FLAVOR_IDS, {"flavor_ref": ref}).scalars(), ref
+    )
+
+
+def choose_flavor_id(ids: Iterable[str], ref: str) -> str | None:
+    """Of the ids that :data:`FLAVOR_IDS` found for ``ref``, the flavor's."""
+    found = list(ids)
+    return ref if ref in found else next(iter(found), None)
 
 
 def find_flavor(session: Session, ref: str) -> Flavor | None:

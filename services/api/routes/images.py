@@ -64,11 +64,13 @@ class ImageChoice(NamedTuple):
 
 _IMAGE = Image.metadata.tables["image"]
 _IMAGES_BY_REF = sa_select(_IMAGE.c.id, _IMAGE.c.status).where(
-    or_(_IMAGE.c.id == bindparam("ref"), _IMAGE.c.name == bindparam("ref"))
+    or_(_IMAGE.c.id == bindparam("image_ref"), _IMAGE.c.name == bindparam("image_ref"))
 )
-# Built once (each creation runs one): for admins, and for members (theirs and the public).
-_ANY_IMAGE_BY_REF = _IMAGES_BY_REF.limit(3)
-_VISIBLE_IMAGE_BY_REF = _IMAGES_BY_REF.where(
+#: The images whose id or name is ``image_ref`` (three at most: one by id, and two by name are
+#: enough to call the name ambiguous), built once: for admins, and for members (theirs
+#: and the public ones, parameter ``project_id``).
+ANY_IMAGES_BY_REF = _IMAGES_BY_REF.limit(3)
+VISIBLE_IMAGES_BY_REF = _IMAGES_BY_REF.where(
     or_(_IMAGE.c.project_id.is_(None), _IMAGE.c.project_id == bindparam("project_id"))
 ).limit(3)
 
@@ -79,10 +81,16 @@ def find_image(session: Session, ref: str, ctxt: RequestContext) -> ImageChoice:
 
     Raises :class:`InvalidInput`: callers use it for references inside a request body.
     """
-    statement = _ANY_IMAGE_BY_REF if ctxt.is_admin else _VISIBLE_IMAGE_BY_REF
-    rows = session.connection().execute(statement, {"ref": ref, "project_id": ctxt.project_id})
-    # Three rows at most: one by id, and two by name are enough to call the name ambiguous.
-    matches = [ImageChoice(row.id, ImageStatus(row.status)) for row in rows]
+    statement = ANY_IMAGES_BY_REF if ctxt.is_admin else VISIBLE_IMAGES_BY_REF
+    rows = session.connection().execute(
+        statement, {"image_ref": ref, "project_id": ctxt.project_id}
+    )
+    return choose_image([ImageChoice(row.id, ImageStatus(row.status)) for row in rows], ref)
+
+
+def choose_image(matches: list[ImageChoice], ref: str) -> ImageChoice:
+    """Of the images that :data:`ANY_IMAGES_BY_REF` or :data:`VISIBLE_IMAGES_BY_REF`
+    found for ``ref``, the one it names; InvalidInput if none or more than one."""
     by_id = next((m for m in matches if m.id == ref), None)
     if by_id is not None:
         return by_id

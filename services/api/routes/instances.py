@@ -4,12 +4,23 @@ with a node asks the node's conductor to tear it down (see docs/architecture.md)
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 from fastapi import APIRouter, Query, Response, status
-from sqlalchemy import bindparam, insert
+from sqlalchemy import (
+    ColumnElement,
+    Executable,
+    Select,
+    String,
+    Update,
+    bindparam,
+    insert,
+    literal,
+    null,
+    union_all,
+)
+from sqlalchemy import cast as sa_cast
 from sqlalchemy import select as sa_select
-from sqlalchemy.sql.dml import ReturningUpdate
 from sqlmodel import Session, col, select, update
 
 from libs import rpc
@@ -30,7 +41,7 @@ from libs.errors import (
     NotFound,
     ServiceUnavailable,
 )
-from libs.notify import Phase
+from libs.notify import Phase, event_params, with_events
 from libs.rpc import RequestContext
 from services.conductor.power import SYNC_ERROR_PREFIX
 
@@ -45,12 +56,19 @@ from ..deps import (
     may_see,
     notifier_of,
     one_hop,
+    statements_commit_alone,
 )
 from ..errors import InvalidInput
 from ..queries import PageDep, paginate
 from ..schemas import InstanceCreate, InstanceList, InstancePublic, InstanceRebuild
-from .flavors import find_flavor_id
-from .images import find_image
+from .flavors import FLAVOR_IDS, choose_flavor_id
+from .images import (
+    ANY_IMAGES_BY_REF,
+    VISIBLE_IMAGES_BY_REF,
+    ImageChoice,
+    choose_image,
+    find_image,
+)
 
 router = APIRouter(prefix="/v1/instances", tags=["instances"])
 
@@ -62,14 +80,62 @@ BUS_ERRORS = (rpc.Timeout, rpc.NoConsumer, rpc.TransportError)
 # session.get), they cost the API more CPU than the queries themselves.
 _INSTANCE = Instance.metadata.tables["instance"]
 _INSERT_INSTANCE = insert(_INSTANCE)
+# The instance and its creation's event in one statement (PostgreSQL): parameters
+# ``r_<column>`` and those of notify.event_params.
+_INSERT_INSTANCE_WITH_EVENT = with_events(
+    insert(_INSTANCE).values({c.key: bindparam(f"r_{c.key}", type_=c.type) for c in _INSTANCE.c}),
+    _INSTANCE.c.id,
+    1,
+)
 _SELECT_INSTANCE = sa_select(_INSTANCE).where(_INSTANCE.c.id == bindparam("b_id"))
 _NETWORK = Network.metadata.tables["network"]
 _SELECT_NETWORKS = sa_select(_NETWORK.c.id, _NETWORK.c.project_id).where(
     _NETWORK.c.id.in_(bindparam("b_ids", expanding=True))
 )
+
+
+def _tagged(kind: str, statement: Select[Any]) -> Select[Any]:
+    """``statement``'s rows as (kind, id, status, project_id), for :data:`_REFERENCES`."""
+    rows = statement.subquery()
+
+    def column(name: str) -> ColumnElement[Any]:
+        return rows.c[name] if name in rows.c else sa_cast(null(), String)
+
+    return sa_select(
+        literal(kind, String).label("kind"),
+        column("id").label("id"),
+        column("status").label("status"),
+        column("project_id").label("project_id"),
+    )
+
+
+#: What a creation names, read in one query (a round trip each cost the API more CPU than
+#: the queries): the flavor's ids, the images, and the networks; for admins and members.
+_REFERENCES = {
+    admin: union_all(
+        _tagged("flavor", FLAVOR_IDS),
+        _tagged("image", images),
+        _tagged("network", _SELECT_NETWORKS),
+    )
+    for admin, images in ((True, ANY_IMAGES_BY_REF), (False, VISIBLE_IMAGES_BY_REF))
+}
 _GONE = (InstanceStatus.DELETING.value, InstanceStatus.DELETED.value)
+
+
+class _Change(NamedTuple):
+    """A conditional UPDATE of one instance, alone and with the INSERT of its event in one
+    statement (for a session whose statements commit alone, see statements_commit_alone)."""
+
+    alone: Update
+    with_event: Executable
+
+    @classmethod
+    def of(cls, statement: Update) -> _Change:
+        return cls(statement, with_events(statement, _INSTANCE.c.id, 1))
+
+
 # Conditional: the scheduler may be claiming a node for it right now.
-_DELETE_UNPLACED = (
+_DELETE_UNPLACED = _Change.of(
     update(_INSTANCE)
     .where(
         _INSTANCE.c.id == bindparam("b_id"),
@@ -82,9 +148,8 @@ _DELETE_UNPLACED = (
         deleted_at=bindparam("b_now"),
         updated_at=bindparam("b_now"),
     )
-    .returning(*_INSTANCE.c)
 )
-_START_DELETING = (
+_START_DELETING = _Change.of(
     update(_INSTANCE)
     .where(
         _INSTANCE.c.id == bindparam("b_id"),
@@ -96,7 +161,6 @@ _START_DELETING = (
         task_state=TaskState.DELETING.value,
         updated_at=bindparam("b_now"),
     )
-    .returning(*_INSTANCE.c)
 )
 
 
@@ -114,15 +178,28 @@ def public(instance: Instance, ctxt: RequestContext) -> InstancePublic:
     return InstancePublic.from_row(instance, show_node=ctxt.is_admin)
 
 
-def check_networks(session: Session, network_ids: list[str], ctxt: RequestContext) -> None:
-    """Each of ``network_ids`` exists and is the caller's (one query for all)."""
-    if not network_ids:
-        return
-    rows = session.connection().execute(_SELECT_NETWORKS, {"b_ids": network_ids})
-    visible = {row.id for row in rows if may_see(ctxt, row.project_id)}
-    for network_id in network_ids:
-        if network_id not in visible:
+def _references(
+    session: Session, body: InstanceCreate, ctxt: RequestContext
+) -> tuple[str, ImageChoice]:
+    """The flavor's id and the image that ``body`` names, and a check that its networks
+    exist and are the caller's; InvalidInput naming the first that is not found."""
+    params = {
+        "flavor_ref": body.flavor,
+        "image_ref": body.image,
+        "project_id": ctxt.project_id,
+        "b_ids": body.networks,
+    }
+    rows = session.connection().execute(_REFERENCES[ctxt.is_admin], params).all()
+    flavor_id = choose_flavor_id((row.id for row in rows if row.kind == "flavor"), body.flavor)
+    if flavor_id is None:
+        raise InvalidInput(f"flavor {body.flavor!r} not found")
+    images = [ImageChoice(row.id, ImageStatus(row.status)) for row in rows if row.kind == "image"]
+    image = choose_image(images, body.image)
+    networks = {row.id for row in rows if row.kind == "network" and may_see(ctxt, row.project_id)}
+    for network_id in body.networks:
+        if network_id not in networks:
             raise InvalidInput(f"network {network_id!r} not found")
+    return flavor_id, image
 
 
 def create_instance(
@@ -134,13 +211,12 @@ def create_instance(
     scheduler: SchedulerAPIDep,
 ) -> InstancePublic:
     """Start building an instance; poll it until ACTIVE (or ERROR, with a fault)."""
-    flavor_id = find_flavor_id(session, body.flavor)
-    if flavor_id is None:
-        raise InvalidInput(f"flavor {body.flavor!r} not found")
-    image = find_image(session, body.image, ctxt)
+    # Two round trips to PostgreSQL where a transaction took seven: the read of what it
+    # names, then the instance and its event in one statement.
+    alone = statements_commit_alone(session)
+    flavor_id, image = _references(session, body, ctxt)
     if image.status != ImageStatus.ACTIVE:
         raise InvalidInput(f"image {body.image!r} is not active yet (it is {image.status})")
-    check_networks(session, body.networks, ctxt)
     if ctxt.project_id is None:
         raise Forbidden("the caller has no project to create the instance in")
     instance = Instance(
@@ -153,13 +229,19 @@ def create_instance(
         status=InstanceStatus.BUILD,
         task_state=TaskState.SCHEDULING,
     )
-    # A Core INSERT: the ORM's flush of the one new row cost more CPU than the statement.
-    session.connection().execute(
-        _INSERT_INSTANCE, {column.key: getattr(instance, column.key) for column in _INSTANCE.c}
-    )
+    values = {column.key: getattr(instance, column.key) for column in _INSTANCE.c}
     notifier = notifier_of(session)
-    notifier.instance(session, instance, "create", Phase.START)
-    session.commit()  # the scheduler reads the row: it must exist before the cast
+    message = notifier.instance_message(instance, "create", Phase.START)
+    # Committed before the cast: the scheduler reads the row.
+    if alone:
+        params = {f"r_{key}": value for key, value in values.items()}
+        session.connection().execute(_INSERT_INSTANCE_WITH_EVENT, params | event_params([message]))
+        notifier.publish([message])
+    else:
+        # A Core INSERT: the ORM's flush of the one new row cost more CPU than the statement.
+        session.connection().execute(_INSERT_INSTANCE, values)
+        notifier.record(session, message)
+        session.commit()
     try:
         scheduler.schedule_instance(ctxt, instance.id)
     except BUS_ERRORS as exc:
@@ -182,7 +264,10 @@ router.post(
 
 
 def fail_unscheduled(session: Session, instance: Instance, message: str) -> None:
-    """Put an instance the scheduler never got into ERROR (unless it got it after all)."""
+    """Put an instance the scheduler never got into ERROR (unless it got it after all), and
+    its event, in one transaction (a session whose statements committed alone gets a
+    transaction again after a commit)."""
+    session.commit()
     result = session.exec(
         update(Instance)
         .where(
@@ -234,12 +319,34 @@ router.get("/{instance_id}")(one_hop(show_instance))
 
 
 def _changed(
-    session: Session, statement: ReturningUpdate[Any], **params: object
-) -> Instance | None:
-    """The instance as ``statement``, an UPDATE of one instance that returns its columns,
-    left it; None if it matched no row."""
-    row = session.connection().execute(statement, params).first()
-    return None if row is None else Instance(**row._mapping)
+    session: Session,
+    alone: bool,
+    change: _Change,
+    params: dict[str, Any],
+    after: Instance,
+    phase: Phase,
+) -> bool:
+    """Make ``change`` with ``params`` and write its delete event, ``after`` being the
+    instance as the change leaves it: both or neither. Whether the change matched."""
+    notifier = notifier_of(session)
+    message = notifier.instance_message(after, "delete", phase)
+    if alone:
+        result = session.connection().execute(change.with_event, params | event_params([message]))
+        if result.rowcount != 1:
+            return False
+        notifier.publish([message])
+        return True
+    result = session.connection().execute(change.alone, params)
+    if result.rowcount == 1:
+        notifier.record(session, message)
+    session.commit()
+    return result.rowcount == 1
+
+
+def _with(instance: Instance, **changes: Any) -> Instance:
+    """A copy of ``instance`` (read by get_instance) with ``changes``."""
+    values = {column.key: getattr(instance, column.key) for column in _INSTANCE.c}
+    return Instance(**(values | changes))
 
 
 def _refuse_if_gone(instance: Instance) -> None:
@@ -254,39 +361,43 @@ def delete_instance(
 ) -> InstancePublic:
     """Delete an instance: at once if it has no node, else by tearing its node down
     (DELETING until the node is clean)."""
+    # Two round trips to PostgreSQL where a transaction took five: the read, then the
+    # change and its event in one statement.
+    alone = statements_commit_alone(session)
     instance = get_instance(session, instance_id, ctxt)
     _refuse_if_gone(instance)
-    notifier = notifier_of(session)
+    now = utcnow()
     if instance.node_id is None:
-        deleted = _changed(session, _DELETE_UNPLACED, b_id=instance.id, b_now=utcnow())
-        if deleted is not None:
-            notifier.instance(session, deleted, "delete", Phase.END)
-            session.commit()
+        deleted = _with(
+            instance, status=InstanceStatus.DELETED, task_state=None, deleted_at=now, updated_at=now
+        )
+        params = {"b_id": instance.id, "b_now": now}
+        if _changed(session, alone, _DELETE_UNPLACED, params, deleted, Phase.END):
             return public(deleted, ctxt)
-        session.commit()
         instance = get_instance(session, instance.id, ctxt)
         _refuse_if_gone(instance)
     node_id = instance.node_id
     if node_id is None:
         raise InvalidStateTransition(f"instance {instance.id!r} changed meanwhile; try again")
     before = (instance.status, instance.task_state)
-    deleting = _changed(
-        session,
-        _START_DELETING,
-        b_id=instance.id,
-        b_node=node_id,
-        b_status=InstanceStatus(instance.status).value,
-        b_now=utcnow(),
+    deleting = _with(
+        instance, status=InstanceStatus.DELETING, task_state=TaskState.DELETING, updated_at=now
     )
-    if deleting is not None:
-        notifier.instance(session, deleting, "delete", Phase.START)
-    session.commit()
-    if deleting is None:
+    params = {
+        "b_id": instance.id,
+        "b_node": node_id,
+        "b_status": InstanceStatus(instance.status).value,
+        "b_now": now,
+    }
+    if not _changed(session, alone, _START_DELETING, params, deleting, Phase.START):
         raise InvalidStateTransition(f"instance {instance.id!r} changed meanwhile; try again")
     try:
         conductor.tear_down_node(ctxt, node_id)
     except (NoLiveConductor, *BUS_ERRORS) as exc:
-        # Nothing will tear it down: put it back so the user can simply retry.
+        # Nothing will tear it down: put it back so the user can simply retry (in one
+        # transaction: a session whose statements committed alone gets one after a commit).
+        session.commit()
+        notifier = notifier_of(session)
         restored = session.exec(
             update(Instance)
             .where(col(Instance.id) == instance.id, col(Instance.status) == InstanceStatus.DELETING)

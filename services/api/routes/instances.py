@@ -229,7 +229,7 @@ def create_instance(
         status=InstanceStatus.BUILD,
         task_state=TaskState.SCHEDULING,
     )
-    values = {column.key: getattr(instance, column.key) for column in _INSTANCE.c}
+    values = _columns_of(instance)
     notifier = notifier_of(session)
     message = notifier.instance_message(instance, "create", Phase.START)
     # Committed before the cast: the scheduler reads the row.
@@ -343,10 +343,13 @@ def _changed(
     return result.rowcount == 1
 
 
+def _columns_of(instance: Instance) -> dict[str, Any]:
+    return {column.key: getattr(instance, column.key) for column in _INSTANCE.c}
+
+
 def _with(instance: Instance, **changes: Any) -> Instance:
     """A copy of ``instance`` (read by get_instance) with ``changes``."""
-    values = {column.key: getattr(instance, column.key) for column in _INSTANCE.c}
-    return Instance(**(values | changes))
+    return Instance(**(_columns_of(instance) | changes))
 
 
 def _refuse_if_gone(instance: Instance) -> None:

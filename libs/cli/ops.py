@@ -29,7 +29,7 @@ from .demo_cloud import (
     seed_and_deploy,
     wait_for_conductors,
 )
-from .processes import ServiceName, run_service, wait_for_signal
+from .processes import ServiceName, freeze_startup_objects, run_service, wait_for_signal
 from .session import EndpointOption, TokenOption, connect, fail
 
 console = Console()
@@ -134,6 +134,7 @@ def all_in_one_command(
         except BaseException:
             stack.stop()
             raise
+        freeze_startup_objects()
     try:
         token_file = state_dir / "admin-token"
         console.print(f"[bold]tetsu all-in-one[/]: API at {stack.endpoint} (OpenAPI at /docs)")

@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import enum
+import gc
 import importlib
 import logging
 import os
@@ -130,6 +131,18 @@ def return_big_blocks_to_the_system() -> bool:
     return bool(mallopt is not None and mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1)
 
 
+def freeze_startup_objects() -> int:
+    """Collect what starting left as garbage, then move every object still alive (modules,
+    classes, the app with its routes and schemas, the ORM's mappers: they live as long as
+    the process) out of the garbage collector's sight; returns how many. A full collection
+    walks every object it sees while holding the GIL: in an API worker that took 80-150 ms,
+    and every request in the process waited for it (the burst's slowest answers came in
+    groups, all ending together). Afterwards it walks only what the process made since."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
+
+
 def lower_cpu_priority(niceness: int) -> int:
     """Run the calling thread, and every thread it starts from now on, at ``niceness``
     unless it already runs lower; returns the niceness it runs at. On Linux a priority
@@ -165,7 +178,12 @@ def run_service(name: ServiceName, *, migrate: bool = False) -> None:
     )
     with stop_signals() as stop:  # a signal during start() stops the service once started
         service.start()
-        LOG.info("%s running", name.value)
+        frozen = freeze_startup_objects()
+        LOG.info(
+            "%s running (%d objects from its start kept out of garbage collection)",
+            name.value,
+            frozen,
+        )
         try:
             wait_for_signal(stop)
         finally:

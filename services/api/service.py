@@ -264,7 +264,11 @@ def serve_worker(sock: socket.socket, ready: ProcessEvent) -> None:
     """One API worker process (:class:`APIWorkers`): the app on its own database pool and
     bus connection, served on the socket its parent bound, until SIGTERM or SIGINT."""
     # Imported here: the parent process needs none of it.
-    from libs.cli.processes import pool_size_for, return_big_blocks_to_the_system  # noqa: PLC0415
+    from libs.cli.processes import (  # noqa: PLC0415
+        freeze_startup_objects,
+        pool_size_for,
+        return_big_blocks_to_the_system,
+    )
     from libs.log import setup_logging  # noqa: PLC0415
 
     return_big_blocks_to_the_system()
@@ -284,6 +288,7 @@ def serve_worker(sock: socket.socket, ready: ProcessEvent) -> None:
                 ready.set()
 
         threading.Thread(target=tell_when_started, daemon=True).start()
+        freeze_startup_objects()
         server.run(sockets=[sock])
     finally:
         transport.close()

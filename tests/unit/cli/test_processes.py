@@ -3,13 +3,21 @@ lowers its CPU priority as its settings say."""
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
+import weakref
 
 import pytest
 from pydantic import ValidationError
 
-from libs.cli.processes import ServiceName, lower_cpu_priority, pool_size_for, service_kind
+from libs.cli.processes import (
+    ServiceName,
+    freeze_startup_objects,
+    lower_cpu_priority,
+    pool_size_for,
+    service_kind,
+)
 from libs.db.engine import DEFAULT_POOL_SIZE, MAX_OVERFLOW
 from services.api.settings import APISettings
 from services.conductor.settings import ConductorSettings
@@ -103,3 +111,33 @@ def test_niceness_is_a_setting_of_every_service_within_unix_bounds(
     monkeypatch.setenv("TETSU_NICE", "20")
     with pytest.raises(ValidationError, match="nice"):
         ConductorSettings()
+
+
+class Node:
+    """An object in a reference cycle: only the garbage collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_freezing_collects_startup_garbage_and_hides_what_lives_on() -> None:
+    garbage = Node()
+    garbage_gone = weakref.ref(garbage)
+    del garbage
+    kept = Node()
+    try:
+        frozen = freeze_startup_objects()
+
+        assert garbage_gone() is None  # collected, not frozen
+        assert frozen == gc.get_freeze_count() > 0
+        tracked = {id(o) for o in gc.get_objects()}
+        assert id(kept) not in tracked  # no collection walks it any more
+        # What the process makes afterwards is collected as before.
+        later = Node()
+        later_gone = weakref.ref(later)
+        del later
+        gc.collect()
+        assert later_gone() is None
+    finally:
+        gc.unfreeze()
+    assert id(kept) in {id(o) for o in gc.get_objects()}

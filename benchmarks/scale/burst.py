@@ -40,8 +40,10 @@ import httpx  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 
 from benchmarks.scale.common import (  # noqa: E402
+    BurstClient,
     Latencies,
     Prober,
+    Reply,
     burst,
     cpu_seconds,
     descendants,
@@ -82,12 +84,13 @@ def list_all(client: httpx.Client, path: str, key: str, **params: Any) -> list[d
             return items
 
 
-def expect(response: httpx.Response, *statuses: int) -> dict[str, Any]:
+def expect(response: httpx.Response | Reply, *statuses: int) -> dict[str, Any]:
     if response.status_code not in statuses:
-        raise RuntimeError(
-            f"{response.request.method} {response.request.url.path}: "
-            f"{response.status_code} {response.text[:300]}"
-        )
+        if isinstance(response, Reply):
+            what = f"{response.method} {response.path}"
+        else:
+            what = f"{response.request.method} {response.request.url.path}"
+        raise RuntimeError(f"{what}: {response.status_code} {response.text[:300]}")
     return response.json() if response.content else {}
 
 
@@ -296,15 +299,7 @@ def run_burst(
         result["enroll_retries_after_node_locked"] = enrolled["retries_after_node_locked"]
         log(f"[tetsu] {nodes} nodes available after {result['enroll_s']} s")
 
-        limits = httpx.Limits(
-            max_connections=concurrency + 5, max_keepalive_connections=concurrency
-        )
-        member = httpx.Client(
-            base_url=stack.endpoint,
-            headers={"Authorization": f"Bearer {cloud['token']}"},
-            timeout=120.0,
-            limits=limits,
-        )
+        member = BurstClient(stack.endpoint, {"Authorization": f"Bearer {cloud['token']}"})
         created: list[str] = []
 
         def probe() -> None:

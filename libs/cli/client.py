@@ -9,6 +9,7 @@ with APIClient("http://127.0.0.1:8000", token) as api:
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +29,13 @@ from rich.progress import (
 )
 
 Resource = dict[str, Any]
+
+#: A request the API refused because its node was busy (409 ``node_locked``: a conductor
+#: holds the node's lock for a moment, e.g. right after ``manage``) is sent again this many
+#: times, this many seconds apart: python-ironicclient's defaults for Ironic's 409s.
+LOCKED_RETRIES = 5
+LOCKED_RETRY_INTERVAL = 2.0
+NODE_LOCKED = "node_locked"
 
 USER_AGENT = "tetsu-cli/0.1"
 PAGE_SIZE = 1000  # the API's largest page: fewer round trips for long lists
@@ -67,7 +75,9 @@ class APIError(Exception):
 class APIClient:
     """tetsu's REST API over HTTP: ``api.nodes``, ``api.instances``... plus ``login``.
 
-    ``transport`` replaces the network (tests pass an ``httpx.MockTransport``).
+    ``transport`` replaces the network (tests pass an ``httpx.MockTransport``). A request
+    refused with ``node_locked`` is sent again up to ``locked_retries`` times, after
+    ``retry_interval`` seconds each (``sleep``), calling ``on_retry(error, seconds)`` first.
     """
 
     def __init__(
@@ -77,8 +87,16 @@ class APIClient:
         *,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        locked_retries: int = LOCKED_RETRIES,
+        retry_interval: float = LOCKED_RETRY_INTERVAL,
+        sleep: Callable[[float], None] = time.sleep,
+        on_retry: Callable[[APIError, float], None] | None = None,
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
+        self.locked_retries = locked_retries
+        self.retry_interval = retry_interval
+        self.on_retry = on_retry
+        self._sleep = sleep
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -105,7 +123,30 @@ class APIClient:
         content: Iterator[bytes] | None = None,
         headers: dict[str, str] | None = None,
     ) -> httpx.Response:
-        """Send one request; any answer but 2xx becomes :class:`APIError`."""
+        """Send one request; any answer but 2xx becomes :class:`APIError`. A request the
+        API refused because its node was locked is sent again (not one whose body is a
+        stream: it was read)."""
+        retries = self.locked_retries if content is None else 0
+        for attempt in range(retries + 1):
+            try:
+                return self._send(method, path, json, params, content, headers)
+            except APIError as exc:
+                if exc.code != NODE_LOCKED or attempt == retries:
+                    raise
+                if self.on_retry is not None:
+                    self.on_retry(exc, self.retry_interval)
+                self._sleep(self.retry_interval)
+        raise AssertionError("unreachable")
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        json: Any,
+        params: dict[str, Any] | None,
+        content: Iterator[bytes] | None,
+        headers: dict[str, str] | None,
+    ) -> httpx.Response:
         # Our own request id, so even a request that never got an answer can be found in
         # the API's logs (the API keeps a sane id the client sends).
         request_id = f"req-{uuid.uuid4()}"

@@ -21,7 +21,12 @@ EXIT_TIMED_OUT = 2  # --wait gave up; the work may still finish
 
 
 def default_client(config: CLIConfig) -> APIClient:
-    return APIClient(config.endpoint, config.token)
+    return APIClient(config.endpoint, config.token, on_retry=say_retrying)
+
+
+def say_retrying(error: APIError, seconds: float) -> None:
+    """One line on stderr while a request refused for a busy node waits to be sent again."""
+    typer.echo(f"{error.reason}; trying again in {seconds:g} s", err=True)
 
 
 @dataclass(frozen=True)

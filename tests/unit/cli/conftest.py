@@ -13,7 +13,7 @@ from typer.testing import CliRunner, Result
 from libs.cli.client import APIClient
 from libs.cli.config import CLIConfig
 from libs.cli.main import app
-from libs.cli.session import Runtime
+from libs.cli.session import Runtime, say_retrying
 
 from .fakeapi import ADMIN_TOKEN, FakeAPI
 
@@ -45,6 +45,8 @@ class CLI:
             config.endpoint,
             config.token,
             transport=httpx.MockTransport(self.api.handler),
+            sleep=self.clock.sleep,
+            on_retry=say_retrying,
         )
 
     def __call__(self, *args: str, input: str | None = None) -> Result:

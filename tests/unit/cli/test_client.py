@@ -136,3 +136,58 @@ def test_an_endpoint_that_is_not_tetsu_is_said_so():
 
     assert raised.value.code == "invalid_response"
     assert "is http://elsewhere the tetsu API?" in raised.value.reason
+
+
+def locked_then(answers: list[httpx.Response]):
+    """A transport answering 409 node_locked until ``answers`` is all that is left."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        request.read()
+        return answers.pop(0)
+
+    return handler, seen
+
+
+LOCKED = {"error": {"code": "node_locked", "reason": "node n1 is locked", "request_id": "r"}}
+
+
+def test_a_request_refused_for_a_locked_node_is_sent_again_after_a_pause():
+    handler, seen = locked_then(
+        [httpx.Response(409, json=LOCKED), httpx.Response(202, json={"ok": True})]
+    )
+    slept: list[float] = []
+    retried: list[tuple[str, float]] = []
+    client = APIClient(
+        "http://api",
+        None,
+        transport=httpx.MockTransport(handler),
+        retry_interval=0.5,
+        sleep=slept.append,
+        on_retry=lambda error, seconds: retried.append((error.code, seconds)),
+    )
+
+    client.nodes.set_provision_state("00000000-0000-0000-0000-000000000001", "provide")
+
+    assert [r.method for r in seen] == ["PUT", "PUT"]
+    assert seen[0].content == seen[1].content == b'{"target":"provide"}'
+    assert slept == [0.5]
+    assert retried == [("node_locked", 0.5)]
+
+
+def never_sleep(seconds: float) -> None:
+    pytest.fail(f"slept {seconds} s before sending a streamed body again")
+
+
+def test_a_streamed_body_is_not_sent_again():
+    handler, seen = locked_then([httpx.Response(409, json=LOCKED)])
+    client = APIClient(
+        "http://api", None, transport=httpx.MockTransport(handler), sleep=never_sleep
+    )
+
+    with pytest.raises(APIError) as raised:
+        client.request("PUT", "/v1/images/i1/file", content=iter([b"chunk"]))
+
+    assert raised.value.code == "node_locked"
+    assert len(seen) == 1

@@ -62,27 +62,57 @@ def test_values_are_printed_as_they_are_not_as_markup(tetsu, api):
     assert "[bold]big[/bold]" in result.stdout
 
 
-def test_an_api_error_is_one_line_on_stderr_with_code_and_request_id(tetsu, api):
-    api.add("nodes", name="n1", provision_state="active", instance_id="i1")
+def refusing_deletes(api, code: str, reason: str, times: int | None = None):
+    """The fake API's handler, but DELETE answered 409 ``code`` (``times`` times, or
+    always)."""
+    refused: list[httpx.Request] = []
 
-    def locked(request):
-        if request.method == "DELETE":
-            body = {
-                "error": {
-                    "code": "node_locked",
-                    "reason": "node 'n1' is locked by conductor-2",
-                    "request_id": "req-1234",
-                }
-            }
+    def handler(request):
+        if request.method == "DELETE" and (times is None or len(refused) < times):
+            refused.append(request)
+            body = {"error": {"code": code, "reason": reason, "request_id": "req-1234"}}
             return httpx.Response(409, json=body, headers={"X-Request-ID": "req-1234"})
         return api.handle(request)
 
-    api.handler = locked
+    return handler, refused
+
+
+def test_an_api_error_is_one_line_on_stderr_with_code_and_request_id(tetsu, api):
+    api.add("nodes", name="n1", provision_state="active", instance_id="i1")
+    api.handler, refused = refusing_deletes(api, "invalid_state", "node 'n1' is active")
+
     result = tetsu("node", "delete", "n1")
 
     assert result.exit_code == 1
-    assert result.stderr == "error: node 'n1' is locked by conductor-2 (node_locked, req-1234)\n"
+    assert result.stderr == "error: node 'n1' is active (invalid_state, req-1234)\n"
     assert result.stdout == ""
+    assert len(refused) == 1  # not asked again
+
+
+def test_a_locked_node_is_asked_again_and_the_wait_shown(tetsu, api):
+    api.add("nodes", name="n1", provision_state="available")
+    reason = "node 'n1' is locked by conductor-2"
+    api.handler, refused = refusing_deletes(api, "node_locked", reason, times=2)
+
+    result = tetsu("node", "delete", "n1")
+
+    assert result.exit_code == 0, result.stderr
+    assert len(refused) == 2
+    assert result.stderr == f"{reason}; trying again in 2 s\n" * 2
+    assert tetsu.clock.slept == [2.0, 2.0]
+
+
+def test_a_node_locked_for_long_is_an_error_after_five_more_tries(tetsu, api):
+    api.add("nodes", name="n1", provision_state="available")
+    reason = "node 'n1' is locked by conductor-2"
+    api.handler, refused = refusing_deletes(api, "node_locked", reason)
+
+    result = tetsu("node", "delete", "n1")
+
+    assert result.exit_code == 1
+    assert len(refused) == 6
+    assert tetsu.clock.slept == [2.0] * 5
+    assert result.stderr.endswith(f"error: {reason} (node_locked, req-1234)\n")
 
 
 def test_without_a_token_the_error_says_how_to_get_one(tetsu, monkeypatch):

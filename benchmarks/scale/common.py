@@ -159,14 +159,13 @@ class BurstClient:
         written to a connection the server is closing."""
         connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
         now = time.monotonic()
-        if connection is not None and now - self._local.used > IDLE_REOPEN:
-            connection.close()
-            connection = None
         if connection is None:
             connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
             self._local.connection = connection
             with self._lock:
                 self._connections.append(connection)
+        elif now - self._local.used > IDLE_REOPEN:
+            connection.close()  # http.client connects it again for the request
         self._local.used = now
         return connection
 

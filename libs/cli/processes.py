@@ -133,8 +133,8 @@ def return_big_blocks_to_the_system() -> bool:
 
 def freeze_startup_objects() -> int:
     """Collect what starting left as garbage, then move every object still alive (modules,
-    classes, the app with its routes and schemas, the ORM's mappers: they live as long as
-    the process) out of the garbage collector's sight; returns how many. A full collection
+    classes, the app with its routes and schemas: they live as long as the process) out
+    of the garbage collector's sight; returns how many. A full collection
     walks every object it sees while holding the GIL: in an API worker that took 80-150 ms,
     and every request in the process waited for it (the burst's slowest answers came in
     groups, all ending together). Afterwards it walks only what the process made since."""

@@ -28,6 +28,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from libs.errors import NodeLocked
+
 Resource = dict[str, Any]
 
 #: A request the API refused because its node was busy (409 ``node_locked``: a conductor
@@ -35,7 +37,6 @@ Resource = dict[str, Any]
 #: times, this many seconds apart: python-ironicclient's defaults for Ironic's 409s.
 LOCKED_RETRIES = 5
 LOCKED_RETRY_INTERVAL = 2.0
-NODE_LOCKED = "node_locked"
 
 USER_AGENT = "tetsu-cli/0.1"
 PAGE_SIZE = 1000  # the API's largest page: fewer round trips for long lists
@@ -131,7 +132,7 @@ class APIClient:
             try:
                 return self._send(method, path, json, params, content, headers)
             except APIError as exc:
-                if exc.code != NODE_LOCKED or attempt == retries:
+                if exc.code != NodeLocked.code or attempt == retries:
                     raise
                 if self.on_retry is not None:
                     self.on_retry(exc, self.retry_interval)

@@ -84,7 +84,8 @@ def test_heartbeats_stale_after_an_outage_do_not_make_a_take_over(
     )
     other = Heartbeat(cloud, "c2")
     try:
-        periodic = cloud.start_conductor(conductor_heartbeat_timeout=1.0).manager.periodic
+        # The margins are seconds, not tenths: a loaded machine delays threads and queries.
+        periodic = cloud.start_conductor(conductor_heartbeat_timeout=2.0).manager.periodic
         wait_for(
             lambda: periodic._live == frozenset({HOST, "c2"}), what="both conductors on the ring"
         )
@@ -92,12 +93,14 @@ def test_heartbeats_stale_after_an_outage_do_not_make_a_take_over(
         # The database goes away for both conductors, longer than the heartbeat timeout.
         monkeypatch.setattr(periodic, "db", down_db)
         other.beating.clear()
-        time.sleep(1.5)
+        time.sleep(2.5)
         # It is back; this conductor sees it first, the other beats half a second later.
         monkeypatch.setattr(periodic, "db", cloud.db)
         time.sleep(0.5)
         other.beating.set()
-        time.sleep(1.5)
+        # Once missing heartbeats are believed again, several ring checks run.
+        wait_for(periodic._heartbeats_trusted, timeout=10, what="heartbeats trusted again")
+        time.sleep(0.5)
     finally:
         other.stop()
 

@@ -29,7 +29,13 @@ from .demo_cloud import (
     seed_and_deploy,
     wait_for_conductors,
 )
-from .processes import ServiceName, freeze_startup_objects, run_service, wait_for_signal
+from .processes import (
+    ServiceName,
+    dump_stacks_on_signal,
+    freeze_startup_objects,
+    run_service,
+    wait_for_signal,
+)
 from .session import EndpointOption, TokenOption, connect, fail
 
 console = Console()
@@ -79,6 +85,8 @@ def service_command(
     TETSU_TRANSPORT_URL, TETSU_HOSTNAME, TETSU_ADMIN_TOKEN, TETSU_PORT, ...) or the TOML
     file named by TETSU_CONFIG: its top-level keys apply to every service, its [api],
     [scheduler], [conductor] and [netctl] tables to one. See docs/operations.md.
+
+    kill -USR2 PID writes every thread's stack to stderr, without stopping the service.
     """
     with startup_errors():
         run_service(name, migrate=migrate)
@@ -128,6 +136,7 @@ def all_in_one_command(
         state_dir.mkdir(parents=True, exist_ok=True)
         log_file = state_dir / "tetsu.log"
         setup_logging("all-in-one", CommonSettings().log_level, log_file=log_file)
+        dump_stacks_on_signal()
         stack = AllInOne(state_dir, host=host, port=port)
         try:
             stack.start()

@@ -11,11 +11,14 @@ import contextlib
 import ctypes
 import ctypes.util
 import enum
+import faulthandler
 import gc
 import importlib
+import io
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -143,6 +146,23 @@ def freeze_startup_objects() -> int:
     return gc.get_freeze_count()
 
 
+#: The signal on which a service writes every thread's stack to its stderr (as OpenStack
+#: services write their "Guru Meditation" report on SIGUSR2).
+STACKS_SIGNAL = signal.SIGUSR2
+
+
+def dump_stacks_on_signal() -> bool:
+    """Write every thread's Python stack to stderr whenever the process gets SIGUSR2:
+    ``kill -USR2 PID`` shows where a service that seems stuck is waiting, without
+    stopping it. The stacks are written by the interpreter itself, so they come even when
+    every Python thread is blocked. Returns False where the platform has no SIGUSR2."""
+    try:
+        faulthandler.register(STACKS_SIGNAL, file=sys.stderr, all_threads=True)
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        return False  # no such signal, or a stderr without a file descriptor
+    return True
+
+
 def lower_cpu_priority(niceness: int) -> int:
     """Run the calling thread, and every thread it starts from now on, at ``niceness``
     unless it already runs lower; returns the niceness it runs at. On Linux a priority
@@ -163,6 +183,7 @@ def run_service(name: ServiceName, *, migrate: bool = False) -> None:
     settings = kind.settings()
     niceness = lower_cpu_priority(settings.nice)  # before any thread starts
     setup_logging(name.value, settings.log_level)
+    dump_stacks_on_signal()
     if migrate:
         upgrade(settings.database_url)
     db = Database(settings.database_url, pool_size=pool_size_for(settings))

@@ -265,6 +265,7 @@ def serve_worker(sock: socket.socket, ready: ProcessEvent) -> None:
     bus connection, served on the socket its parent bound, until SIGTERM or SIGINT."""
     # Imported here: the parent process needs none of it.
     from libs.cli.processes import (  # noqa: PLC0415
+        dump_stacks_on_signal,
         freeze_startup_objects,
         pool_size_for,
         return_big_blocks_to_the_system,
@@ -275,6 +276,7 @@ def serve_worker(sock: socket.socket, ready: ProcessEvent) -> None:
     stop_with_parent()
     settings = APISettings()
     setup_logging("api", settings.log_level)
+    dump_stacks_on_signal()
     db = Database(settings.database_url, pool_size=pool_size_for(settings))
     transport = transport_from_url(settings.transport_url)
     try:

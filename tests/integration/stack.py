@@ -122,6 +122,22 @@ class Stack:
             parts.append(f"--- {name} ---\n" + "\n".join(text[-lines:]))
         return "\n".join(parts)
 
+    def thread_stacks(self, wait: float = 1.0) -> str:
+        """Every running service's threads' stacks (each writes them to its log on
+        SIGUSR2 and goes on running): where a stuck service waits."""
+        sizes = {}
+        for name, process in self.processes.items():
+            if process.popen.poll() is None:
+                sizes[name] = process.log.stat().st_size
+                process.popen.send_signal(signal.SIGUSR2)
+        time.sleep(wait if sizes else 0)
+        parts = []
+        for name, size in sizes.items():
+            with self.processes[name].log.open("rb") as log:
+                log.seek(size)
+                parts.append(f"--- {name} ---\n" + log.read().decode(errors="replace"))
+        return "\n".join(parts)
+
     def check_alive(self) -> None:
         dead = [p for p in self.processes.values() if p.popen.poll() is not None]
         if dead:

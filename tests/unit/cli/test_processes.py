@@ -1,12 +1,17 @@
-"""The process runner sizes each service's database pool from its worker threads and
-lowers its CPU priority as its settings say."""
+"""The process runner sizes each service's database pool from its worker threads,
+lowers its CPU priority as its settings say, and writes its threads' stacks on SIGUSR2."""
 
 from __future__ import annotations
 
 import gc
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 import weakref
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -25,6 +30,8 @@ from services.netctl.settings import NetctlSettings
 from services.scheduler.settings import SchedulerSettings
 from tests.integration.compose_file import environment
 from tests.integration.compose_file import load as load_compose
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_a_service_gets_a_connection_per_worker_and_the_stack_fits_postgres() -> None:
@@ -141,3 +148,43 @@ def test_freezing_collects_startup_garbage_and_hides_what_lives_on() -> None:
     finally:
         gc.unfreeze()
     assert id(kept) in {id(o) for o in gc.get_objects()}
+
+
+STACKS_CHILD = """
+import sys, threading, time
+from libs.cli.processes import dump_stacks_on_signal
+
+def waiting_for_something_that_never_comes():
+    threading.Event().wait()
+
+assert dump_stacks_on_signal()
+threading.Thread(target=waiting_for_something_that_never_comes, daemon=True).start()
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_sigusr2_writes_every_threads_stack_and_the_process_goes_on(tmp_path: Path) -> None:
+    stderr = tmp_path / "stderr"
+    with stderr.open("wb") as errors:
+        child = subprocess.Popen(
+            [sys.executable, "-c", STACKS_CHILD],
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            cwd=ROOT,
+        )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"ready\n"
+        child.send_signal(signal.SIGUSR2)
+        deadline = time.monotonic() + 10
+        while "waiting_for_something" not in stderr.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        dump = stderr.read_text()
+        assert "waiting_for_something_that_never_comes" in dump  # the helper thread
+        assert "<module>" in dump  # the main thread, asleep
+        time.sleep(0.2)
+        assert child.poll() is None, "the signal did not stop the process"
+    finally:
+        child.kill()
+        child.wait()

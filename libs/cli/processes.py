@@ -155,11 +155,12 @@ def dump_stacks_on_signal() -> bool:
     """Write every thread's Python stack to stderr whenever the process gets SIGUSR2:
     ``kill -USR2 PID`` shows where a service that seems stuck is waiting, without
     stopping it. The stacks are written by the interpreter itself, so they come even when
-    every Python thread is blocked. Returns False where the platform has no SIGUSR2."""
+    every Python thread is blocked. Returns False when stderr is not a file (closed, or
+    replaced by an object without a file descriptor): then the signal keeps its default."""
     try:
         faulthandler.register(STACKS_SIGNAL, file=sys.stderr, all_threads=True)
-    except (AttributeError, ValueError, io.UnsupportedOperation):
-        return False  # no such signal, or a stderr without a file descriptor
+    except (RuntimeError, AttributeError, ValueError, io.UnsupportedOperation):
+        return False
     return True
 
 

@@ -3,7 +3,9 @@ lowers its CPU priority as its settings say, and writes its threads' stacks on S
 
 from __future__ import annotations
 
+import faulthandler
 import gc
+import io
 import os
 import signal
 import subprocess
@@ -18,6 +20,7 @@ from pydantic import ValidationError
 
 from libs.cli.processes import (
     ServiceName,
+    dump_stacks_on_signal,
     freeze_startup_objects,
     lower_cpu_priority,
     pool_size_for,
@@ -188,3 +191,14 @@ def test_sigusr2_writes_every_threads_stack_and_the_process_goes_on(tmp_path: Pa
     finally:
         child.kill()
         child.wait()
+
+
+@pytest.mark.parametrize("stderr", [io.StringIO(), None], ids=["not a file", "none"])
+def test_no_stack_dumps_without_a_stderr_file(
+    stderr: io.StringIO | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stderr", stderr)
+    try:
+        assert dump_stacks_on_signal() is False
+    finally:
+        faulthandler.unregister(signal.SIGUSR2)

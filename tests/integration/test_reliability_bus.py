@@ -219,8 +219,8 @@ def publish_garbage_then_deploy(stack: Stack, channel: Any) -> None:
                 assert len(failure["message"]) < 500, (garbage.name, failure["message"][:200])
 
     # Refused casts are dead-lettered (2 queues per round and service); the huge ones
-    # are dropped, not kept. The broker routes a rejected message to the dead-letter
-    # queue after taking it off its own queue: its count may lag a moment behind.
+    # are dropped, not kept. A queue stops counting a message once it is delivered, before
+    # its consumer rejects it into the dead-letter queue: that count may lag behind.
     refused = sum(1 for s in SERVICES for g in garbage_for(s) if g.refusal is not None)
     dead_lettered = wait_for(
         lambda: (n := depth(channel, DEAD) - dead_before) >= refused * 2 * ROUNDS and n,

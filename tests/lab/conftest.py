@@ -30,8 +30,8 @@ def ramdisk_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """A failed lab test's report ends with each guest's console and power state: what a
-    guest did (or did not) boot is most of what explains a lab failure."""
+    """A failed lab test's report ends with each guest's console and libvirt domain state:
+    what a guest did (or did not) boot is most of what explains a lab failure."""
     report = yield
     if report.when == "call" and report.failed:
         for value in getattr(item, "funcargs", {}).values():

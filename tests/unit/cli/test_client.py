@@ -139,7 +139,7 @@ def test_an_endpoint_that_is_not_tetsu_is_said_so():
 
 
 def locked_then(answers: list[httpx.Response]):
-    """A transport answering 409 node_locked until ``answers`` is all that is left."""
+    """A transport giving ``answers`` in turn, and the requests it was sent."""
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:

@@ -154,7 +154,7 @@ def test_freezing_collects_startup_garbage_and_hides_what_lives_on() -> None:
 
 
 STACKS_CHILD = """
-import sys, threading, time
+import threading, time
 from libs.cli.processes import dump_stacks_on_signal
 
 def waiting_for_something_that_never_comes():

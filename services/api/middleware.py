@@ -1,4 +1,5 @@
-"""Per-request plumbing: the X-Request-ID, the access log line, and the last-resort 500.
+"""Per-request plumbing: the X-Request-ID, the access log line, the last-resort 500, and
+``Connection: close`` from an API worker that answers more than its share (balance.py).
 
 The request id becomes :data:`libs.rpc.current_context` for the whole request, so every
 log line and every RPC message sent while answering it carry the same id.
@@ -17,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from libs.rpc import RequestContext, current_context
 from libs.rpc.context import new_request_id
 
+from .balance import WorkerShares
 from .errors import error_response
 
 LOG = logging.getLogger("services.api.access")
@@ -61,13 +63,21 @@ class RequestIDMiddleware:
         started = time.perf_counter()
         status = 500
         response_started = False
+        # Set on the app by an API worker process that shares the clients with others.
+        state = getattr(scope.get("app"), "state", None)
+        shares: WorkerShares | None = getattr(state, "worker_shares", None)
+        if shares is not None:
+            shares.started()
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                MutableHeaders(scope=message)[HEADER] = request_id
+                headers = MutableHeaders(scope=message)
+                headers[HEADER] = request_id
+                if shares is not None and shares.close_this_one():
+                    headers["Connection"] = "close"  # see balance.py
             await send(message)
 
         try:
@@ -83,6 +93,8 @@ class RequestIDMiddleware:
             status = 500
             await response(scope, receive, send)
         finally:
+            if shares is not None:
+                shares.finished()
             millis = (time.perf_counter() - started) * 1000
             LOG.info("%s %s %d %.1fms", scope["method"], logged_path(scope), status, millis)
             current_context.reset(token)

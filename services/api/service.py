@@ -15,7 +15,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableSequence
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as ProcessEvent
 from types import FrameType
@@ -28,6 +28,7 @@ from libs.metrics import MULTIPROCESS_DIR_ENV
 from libs.rpc import Transport, transport_from_url
 
 from .app import create_app
+from .balance import WorkerShares
 from .settings import APISettings
 
 LOG = logging.getLogger(__name__)
@@ -182,6 +183,8 @@ class APIWorkers:
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
         self._context = multiprocessing.get_context("spawn")
+        # The requests each worker is answering, for the workers to share clients evenly.
+        self._request_counts = self._context.RawArray("i", settings.api_workers)
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -211,9 +214,10 @@ class APIWorkers:
 
     def _spawn(self, index: int) -> tuple[BaseProcess, ProcessEvent]:
         ready = self._context.Event()
+        self._request_counts[index] = 0  # a worker started again starts with none
         process = self._context.Process(
             target=serve_worker,
-            args=(self._socket, ready),
+            args=(self._socket, ready, self._request_counts, index),
             name=f"tetsu-api-{index + 1}",
             daemon=False,
         )
@@ -260,9 +264,16 @@ class APIWorkers:
             self._metrics_dir = None
 
 
-def serve_worker(sock: socket.socket, ready: ProcessEvent) -> None:
+def serve_worker(
+    sock: socket.socket,
+    ready: ProcessEvent,
+    request_counts: MutableSequence[int] | None = None,
+    index: int = 0,
+) -> None:
     """One API worker process (:class:`APIWorkers`): the app on its own database pool and
-    bus connection, served on the socket its parent bound, until SIGTERM or SIGINT."""
+    bus connection, served on the socket its parent bound, until SIGTERM or SIGINT. With
+    ``request_counts`` (shared by the workers, slot ``index`` its own) it keeps to its
+    share of the clients (:mod:`.balance`)."""
     # Imported here: the parent process needs none of it.
     from libs.cli.processes import (  # noqa: PLC0415
         dump_stacks_on_signal,
@@ -282,6 +293,8 @@ def serve_worker(sock: socket.socket, ready: ProcessEvent) -> None:
     try:
         app = create_app(settings, db, transport)
         server = make_server(app, settings)
+        if request_counts is not None and len(request_counts) > 1:
+            app.state.worker_shares = WorkerShares(request_counts, index)
 
         def tell_when_started() -> None:
             while not server.started and not server.should_exit:

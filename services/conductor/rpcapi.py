@@ -128,10 +128,15 @@ class ConductorAPI:
             ).first()
         if row is None:
             return None  # not remembered: the node may be made later (and then pinned)
+        self.remember_pin(node_id, row[1])
+        return row[1]
+
+    def remember_pin(self, node_id: str, pinned: str | None) -> None:
+        """Keep what the caller read of a node's pinned conductor (None: not pinned), so
+        the next cast for it needs no query (the scheduler reads it with its claim)."""
         if len(self._pins) >= PIN_CACHE_SIZE:
             self._pins.clear()
-        self._pins[node_id] = row[1]
-        return row[1]
+        self._pins[node_id] = pinned
 
     def _to_owner(self, node_id: str, version: str = "1.0") -> RPCClient:
         return self.client.prepare(server=self.owner_of(node_id), version=version)

@@ -9,6 +9,7 @@ locks (PostgreSQL) or runs one writer at a time (SQLite).
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -45,6 +46,7 @@ _CLAIM = (
         not_(_NODE.c.maintenance),
     )
     .values(instance_id=bindparam("b_instance"), updated_at=bindparam("b_now"))
+    .returning(_NODE.c.pinned_conductor)
 )
 #: The instance ``b_instance`` is in BUILD without a node (not deleted, not scheduled
 #: meanwhile).
@@ -74,10 +76,17 @@ class ClaimOutcome(enum.Enum):
 
 
 def claim_node(
-    db: Database, instance_id: str, node_id: str, notifier: Notifier = _RECORD_ONLY
+    db: Database,
+    instance_id: str,
+    node_id: str,
+    notifier: Notifier = _RECORD_ONLY,
+    *,
+    pinned: Callable[[str, str | None], None] | None = None,
 ) -> ClaimOutcome:
     """Claim ``node_id`` for ``instance_id`` if the node is free and the instance still
-    waits in BUILD; in the same transaction, record the node on the instance."""
+    waits in BUILD; in the same transaction, record the node on the instance. A claimed
+    node's pinned conductor (None: any) goes to ``pinned(node_id, host)``, read by the
+    claim itself (the caller casts to the node's conductor next)."""
     now = utcnow()
     with db.session() as session:
         # The first statement of the transaction writes: on SQLite it then waits for the
@@ -85,13 +94,16 @@ def claim_node(
         node = session.connection().execute(
             _CLAIM, {"b_node": node_id, "b_instance": instance_id, "b_now": now}
         )
-        if node.rowcount != 1:
+        claimed = node.first()
+        if claimed is None:
             return ClaimOutcome.NODE_TAKEN
         instance = record_node(session, instance_id, node_id, now)
         if instance is None:
             session.rollback()  # releases the node: it was never claimed for anyone else
             return ClaimOutcome.INSTANCE_GONE
         notifier.instance(session, instance, "schedule", Phase.END)
+    if pinned is not None:
+        pinned(node_id, claimed[0])
     return ClaimOutcome.CLAIMED
 
 

@@ -48,8 +48,10 @@ LOG = logging.getLogger(__name__)
 CLAIM_ROUNDS = 5
 
 #: Nodes the database hands back per round, best first: enough for the schedulers working
-#: at the same time to find a free one among them, few enough to cost little at any size.
-CANDIDATES_PER_ROUND = 50
+#: at the same time (from random places in the id order) to find a free one among them,
+#: few enough to cost little at any size. Each is checked for its ports: at 1,000 nodes,
+#: half of them busy, 50 a round cost 2.0 ms of filtering and weighing, 10 cost 1.35 ms.
+CANDIDATES_PER_ROUND = 10
 
 #: Hardware shapes beyond which the candidates are ranked node by node (by the database).
 MAX_SHAPES = 200
@@ -277,7 +279,13 @@ class SchedulerManager:
             if not candidates:
                 break
             for candidate in candidates:
-                outcome = claim_node(self.db, spec.instance_id, candidate.id, self.notifier)
+                outcome = claim_node(
+                    self.db,
+                    spec.instance_id,
+                    candidate.id,
+                    self.notifier,
+                    pinned=self.conductor.remember_pin,
+                )
                 if outcome is ClaimOutcome.CLAIMED:
                     return candidate.id
                 if outcome is ClaimOutcome.INSTANCE_GONE:

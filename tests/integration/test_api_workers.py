@@ -1,14 +1,17 @@
 """`tetsu service api` with TETSU_API_WORKERS=2: worker processes on one port, on the real
 PostgreSQL and RabbitMQ; a worker that dies is started again, /metrics counts every
-worker's requests, SIGTERM stops them all."""
+worker's requests, SIGTERM stops them all, and the workers even out the connections that
+clients keep alive."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -148,3 +151,84 @@ def test_api_workers_share_the_port_and_the_counts_and_are_started_again(api_pro
     assert popen.wait(timeout=60) == 0
     # Each worker was waited for: none is left running (nor as a zombie).
     assert not [pid for pid in after if Path(f"/proc/{pid}").exists()]
+
+
+def held_connections(pid: int, port: int) -> int:
+    """The established TCP connections to ``port`` that process ``pid`` holds open."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    held = 0
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].rsplit(":", 1)[1], 16)
+        established = fields[3] == "01"
+        if local_port == port and established and fields[9] in inodes:
+            held += 1
+    return held
+
+
+def test_api_workers_even_out_the_clients_that_keep_their_connections(api_process):
+    popen, endpoint, _ = api_process
+    wait_for(Counted(endpoint).healthy, timeout=60, what="the API")
+    workers = wait_for(lambda: two_workers(popen.pid), timeout=30, what="two workers")
+    port = int(endpoint.rsplit(":", 1)[1])
+    busy, other = sorted(workers)
+
+    # Seventeen connections while the other worker is stopped: the busy one accepts them
+    # all; three more once both run. The busy one holds at least 17 of 20.
+    connections = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(20)]
+    os.kill(other, signal.SIGSTOP)
+    try:
+        for connection in connections[:17]:
+            connection.connect()
+        wait_for(
+            lambda: held_connections(busy, port) == 17, timeout=30, what="17 connections accepted"
+        )
+    finally:
+        os.kill(other, signal.SIGCONT)
+    for connection in connections[17:]:
+        connection.connect()
+    wait_for(
+        lambda: held_connections(busy, port) + held_connections(other, port) == 20,
+        timeout=30,
+        what="20 connections accepted",
+    )
+    started_with = held_connections(busy, port)
+    assert started_with >= 17
+
+    # Every client asks again and again (http.client opens a new connection where an
+    # answer said Connection: close), as a burst's clients do.
+    stop = threading.Event()
+    answers: list[int] = []
+
+    def client(connection: http.client.HTTPConnection) -> None:
+        while not stop.is_set():
+            connection.request("GET", "/healthz")
+            response = connection.getresponse()
+            response.read()
+            answers.append(response.status)
+
+    threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in connections]
+    for thread in threads:
+        thread.start()
+    try:
+        # The busy worker answers more than its share, so it hands clients over.
+        wait_for(
+            lambda: held_connections(busy, port) <= started_with - 3,
+            timeout=60,
+            what="clients handed over to the other worker",
+        )
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(15)
+    assert answers and set(answers) == {200}
+    assert held_connections(busy, port) + held_connections(other, port) == 20
+    for connection in connections:
+        connection.close()

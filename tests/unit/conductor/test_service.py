@@ -8,6 +8,7 @@ import pytest
 from sqlmodel import select
 
 from libs.db import Conductor, PowerState, as_utc
+from libs.errors import NoLiveConductor
 from services.conductor import drivers
 from services.conductor.drivers import InterfaceKind
 from services.conductor.drivers.fake import FakePower
@@ -29,6 +30,23 @@ def test_a_started_conductor_heartbeats_and_owns_nodes(cloud: Cloud):
     assert live_conductors(cloud.db, 5.0) == [HOST]
     assert cloud.api.owner_of("any-node") == HOST
     wait_for(lambda: as_utc(conductor_row(cloud).updated_at) > first, what="a second beat")
+
+
+def test_a_pin_the_caller_read_already_is_used_without_a_query(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+):
+    cloud.start_conductor(heartbeat_interval=0.05)
+    cloud.api.remember_pin("read-with-its-claim", None)
+    cloud.api.remember_pin("pinned-elsewhere", "cond-gone")
+    cloud.api.ring()  # read once, as the casts would
+
+    def no_query() -> None:
+        raise AssertionError("the pin was read from the database again")
+
+    monkeypatch.setattr(cloud.api.db, "reader", no_query)
+    assert cloud.api.owner_of("read-with-its-claim") == HOST
+    with pytest.raises(NoLiveConductor, match="cond-gone only"):
+        cloud.api.owner_of("pinned-elsewhere")
 
 
 class BlockingPower(FakePower):

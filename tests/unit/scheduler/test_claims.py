@@ -64,3 +64,27 @@ def test_a_claims_event_shows_the_instance_as_the_claim_left_it(estate):
         "deploying",
         1,
     )
+
+
+def test_a_claim_hands_on_the_nodes_pinned_conductor_as_it_read_it(estate):
+    seen: list[tuple[str, str | None]] = []
+    flavor = estate.flavor()
+    first, second = estate.instance(flavor), estate.instance(flavor)
+    anywhere = estate.node("n1")
+    pinned = estate.node("n2", pinned_conductor="cond-7")
+
+    assert claim_node(estate.db, first.id, anywhere.id, pinned=lambda *pin: seen.append(pin)) is (
+        ClaimOutcome.CLAIMED
+    )
+    assert claim_node(estate.db, second.id, pinned.id, pinned=lambda *pin: seen.append(pin)) is (
+        ClaimOutcome.CLAIMED
+    )
+    # A node taken already, or an instance that no longer waits: nothing is handed on.
+    third = estate.instance(flavor)
+    outcome = claim_node(estate.db, third.id, anywhere.id, pinned=lambda *pin: seen.append(pin))
+    assert outcome is ClaimOutcome.NODE_TAKEN
+    free = estate.node("n3")
+    outcome = claim_node(estate.db, first.id, free.id, pinned=lambda *pin: seen.append(pin))
+    assert outcome is ClaimOutcome.INSTANCE_GONE
+
+    assert seen == [(anywhere.id, None), (pinned.id, "cond-7")]

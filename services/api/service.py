@@ -267,13 +267,13 @@ class APIWorkers:
 def serve_worker(
     sock: socket.socket,
     ready: ProcessEvent,
-    request_counts: MutableSequence[int] | None = None,
-    index: int = 0,
+    request_counts: MutableSequence[int],
+    index: int,
 ) -> None:
     """One API worker process (:class:`APIWorkers`): the app on its own database pool and
-    bus connection, served on the socket its parent bound, until SIGTERM or SIGINT. With
-    ``request_counts`` (shared by the workers, slot ``index`` its own) it keeps to its
-    share of the clients (:mod:`.balance`)."""
+    bus connection, served on the socket its parent bound, until SIGTERM or SIGINT. It
+    keeps to its share of the clients (:mod:`.balance`) with ``request_counts``, shared
+    by the workers, slot ``index`` its own."""
     # Imported here: the parent process needs none of it.
     from libs.cli.processes import (  # noqa: PLC0415
         dump_stacks_on_signal,
@@ -293,7 +293,7 @@ def serve_worker(
     try:
         app = create_app(settings, db, transport)
         server = make_server(app, settings)
-        if request_counts is not None and len(request_counts) > 1:
+        if len(request_counts) > 1:
             app.state.worker_shares = WorkerShares(request_counts, index)
 
         def tell_when_started() -> None:

@@ -45,7 +45,7 @@ class WorkerShares:
         self._index = index
         self._clock = clock
         self._last_shed = float("-inf")
-        counts[index] = 0
+        counts[index] = 0  # a worker started again in a dead one's place starts with none
 
     def started(self) -> None:
         """A request arrived."""

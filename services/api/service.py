@@ -214,7 +214,6 @@ class APIWorkers:
 
     def _spawn(self, index: int) -> tuple[BaseProcess, ProcessEvent]:
         ready = self._context.Event()
-        self._request_counts[index] = 0  # a worker started again starts with none
         process = self._context.Process(
             target=serve_worker,
             args=(self._socket, ready, self._request_counts, index),

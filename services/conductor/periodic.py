@@ -1,6 +1,7 @@
 """A conductor's periodic work, each on a thread of its own until stopped: the heartbeat,
-take-over when the ring changes, the power-state sync, ramdisk callback timeouts, and
-the re-drive of stranded work (``redrive.py``).
+take-over when the ring changes, the power-state sync, ramdisk callback timeouts, the
+re-drive of stranded work (``redrive.py``), and fresh planner statistics of the tables
+that change in bulk (``libs/db/statistics.py``).
 
 Only nodes this conductor owns on the hash ring are visited, and only ones nobody has
 locked: a busy node is simply looked at next time.
@@ -19,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select, update
 
 from libs.db import Conductor, Database, Node, as_utc, is_unavailable, utcnow
+from libs.db.statistics import refresh_statistics
 from libs.errors import NodeLocked, NotFound
 from libs.rpc import RequestContext, current_context
 
@@ -83,6 +85,7 @@ class PeriodicTasks:
             ("callback timeouts", settings.check_interval, self.check_callback_timeouts),
             ("re-drive", settings.check_interval, self.redrive_stranded_work),
             ("power sync", settings.power_sync_interval, self.sync_power_states),
+            ("planner statistics", settings.statistics_interval, self.refresh_statistics),
         ]
         for name, interval, job in jobs:
             thread = threading.Thread(
@@ -121,6 +124,10 @@ class PeriodicTasks:
                     LOG.exception("periodic %s failed", name)
             finally:
                 current_context.reset(token)
+
+    def refresh_statistics(self) -> list[str]:
+        """Analyze the bulk tables whose planner statistics are stale (statistics.py)."""
+        return refresh_statistics(self.db)
 
     def heartbeat(self, *, online: bool = True) -> None:
         """Tell the others this conductor is alive (or, at stop, that it has left)."""

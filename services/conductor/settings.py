@@ -32,6 +32,15 @@ class ConductorSettings(CommonSettings):
         gt=0,
         description="Seconds between checks for timed-out callbacks and stranded work",
     )
+    statistics_interval: float = Field(
+        default=2.0,
+        gt=0,
+        description=(
+            "Seconds between looks at whether PostgreSQL's planner statistics of the node, "
+            "port and instance tables are stale (after a bulk enrolment, during a burst); "
+            "stale ones are analyzed"
+        ),
+    )
     redrive_after: float = Field(
         default=120.0,
         gt=0,

@@ -4,8 +4,8 @@ Without statistics of a table the planner guesses that ``instance_id IS NULL`` o
 ``provision_state = 'available'`` matches a handful of rows, costs those columns'
 indexes as cheaply as the primary key, and picks one of them for a statement that names
 a row by its id. Right after 1,000 nodes were enrolled, a claim ``UPDATE node ... WHERE
-id = ... AND instance_id IS NULL`` then walked every free node (up to 21 ms where the
-primary key takes 0.05), a conductor's lock of a node walked every unlocked one, and the
+id = ... AND instance_id IS NULL`` then walked every free node (up to 21 ms, where the
+primary key reads one row), a conductor's lock of a node walked every unlocked one, and the
 scheduler's candidate walk read every free node to keep ten. Autovacuum analyzes a table
 only after its next round (a minute by default) and 10% of it changed, so a burst that
 follows a bulk enrolment, or a burst of creations into an empty instance table, ran

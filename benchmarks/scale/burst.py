@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -41,12 +42,14 @@ from sqlalchemy import create_engine, text  # noqa: E402
 
 from benchmarks.scale.common import (  # noqa: E402
     BurstClient,
+    CpuMeter,
     Latencies,
     Prober,
     Reply,
     burst,
     cpu_seconds,
     descendants,
+    find_process,
     log,
     peak_rss_mib,
     timestamp,
@@ -308,6 +311,7 @@ def run_burst(
             else:
                 member.get("/v1/flavors").raise_for_status()
 
+        meter = CpuMeter(cpu_parties(stack))
         profilers = start_profilers(stack, profile_dir)
         try:
             # --- create -------------------------------------------------------------
@@ -332,7 +336,9 @@ def run_burst(
             log(f"[tetsu] creating {nodes} instances, {concurrency} at a time ...")
             with Prober(probe) as prober:
                 started = time.time()
+                meter.start()
                 burst(range(nodes), create, concurrency=concurrency, latencies=creates)
+                result["create_cpu"] = meter.stop()
                 result["create_requests_s"] = round(time.time() - started, 2)
                 answered = result["create_requests_s"]
                 log(f"[tetsu] creations answered in {answered} s, {creates.brief()}")
@@ -374,7 +380,9 @@ def run_burst(
             log(f"[tetsu] deleting {len(created)} instances ...")
             with Prober(probe) as prober:
                 started = time.time()
+                meter.start()
                 burst(list(created), delete, concurrency=concurrency, latencies=deletes)
+                result["delete_cpu"] = meter.stop()
                 result["delete_requests_s"] = round(time.time() - started, 2)
                 answered = result["delete_requests_s"]
                 log(f"[tetsu] deletions answered in {answered} s, {deletes.brief()}")
@@ -414,6 +422,39 @@ def run_burst(
                 "cpu_s": cpu_seconds(pid),
             }
     return result
+
+
+def cpu_parties(stack: Stack) -> dict[str, int]:
+    """The process trees whose CPU time a burst's windows measure: each service, the
+    PostgreSQL and RabbitMQ servers when they run on this machine, and this benchmark
+    (its client threads)."""
+    parties = {name: process.popen.pid for name, process in stack.processes.items()}
+    postmaster = postgres_postmaster(stack.env["TETSU_DATABASE_URL"])
+    if postmaster is not None:
+        parties["postgresql"] = postmaster
+    rabbit = find_process("beam.smp", "rabbit")
+    if rabbit is not None:
+        parties["rabbitmq"] = rabbit
+    parties["benchmark client"] = os.getpid()
+    return parties
+
+
+def postgres_postmaster(database_url: str) -> int | None:
+    """The pid of the PostgreSQL server behind ``database_url`` if it runs on this
+    machine: the parent of the backend that answers (None for a server elsewhere)."""
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            backend = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    finally:
+        engine.dispose()
+    try:
+        if b"postgres" not in Path(f"/proc/{backend}/cmdline").read_bytes():
+            return None
+        stat = Path(f"/proc/{backend}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 def sequential_scans(database_url: str) -> dict[str, dict[str, int]]:

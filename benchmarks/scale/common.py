@@ -301,6 +301,79 @@ def cpu_seconds(pid: int) -> float | None:
     return None
 
 
+def _own_and_reaped_seconds(pid: int) -> tuple[float, float] | None:
+    """A process's own CPU time (user + system) and that of its children it has reaped."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks, (
+            int(fields[13]) + int(fields[14])
+        ) / ticks
+    return None
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU time of ``pid`` and every process below it so far, counting those that have
+    exited and been reaped (PostgreSQL's backends come and go): a difference of two of
+    these is what the tree used in between."""
+    root = _own_and_reaped_seconds(pid)
+    if root is None:
+        return None
+    total = root[0] + root[1]
+    for child in descendants(pid)[1:]:
+        figures = _own_and_reaped_seconds(child)
+        if figures is not None:
+            total += figures[0] + figures[1]
+    return total
+
+
+def find_process(*words: str) -> int | None:
+    """The oldest process whose command line holds every one of ``words`` (the RabbitMQ
+    node on this machine, say); None if there is none or it cannot be read."""
+    found: list[tuple[float, int]] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if all(word in command for word in words):
+                started = float((entry / "stat").read_text().rsplit(")", 1)[1].split()[19])
+                found.append((started, int(entry.name)))
+    return min(found)[1] if found else None
+
+
+class CpuMeter:
+    """The CPU time each party (a name for a process tree) uses between :meth:`start` and
+    :meth:`stop`: where a machine's cores went while a burst's requests were answered.
+    A party whose process is gone or unreadable is left out."""
+
+    def __init__(self, parties: dict[str, int]) -> None:
+        self.parties = parties
+        self._started: dict[str, float] = {}
+        self._wall = 0.0
+
+    def _now(self) -> dict[str, float]:
+        now = {}
+        for name, pid in self.parties.items():
+            seconds = cpu_seconds(pid) if pid == os.getpid() else tree_cpu_seconds(pid)
+            if seconds is not None:
+                now[name] = seconds
+        return now
+
+    def start(self) -> None:
+        self._wall = time.monotonic()
+        self._started = self._now()
+
+    def stop(self) -> dict[str, Any]:
+        """The window's length and each party's CPU seconds in it."""
+        wall = time.monotonic() - self._wall
+        now = self._now()
+        used = {
+            name: round(now[name] - self._started[name], 2) for name in now if name in self._started
+        }
+        return {"seconds": round(wall, 2), "cpu_s": used}
+
+
 def load_average() -> str:
     with contextlib.suppress(OSError):
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])

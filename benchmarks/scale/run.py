@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -147,6 +148,52 @@ def rss_rows(results: list[dict[str, Any]]) -> list[list[str]]:
             total = sum(f["peak_rss_mib"] or 0 for f in processes.values())
             cpu = sum(f["cpu_s"] or 0 for f in processes.values())
             rows.append([label, "all", fmt(round(total, 1)), fmt(round(cpu, 1))])
+    return rows
+
+
+CPU_COLUMNS = (
+    "run",
+    "requests",
+    "answered in s",
+    "API",
+    "scheduler",
+    "conductors",
+    "netctl",
+    "PostgreSQL",
+    "RabbitMQ",
+    "client",
+    "all",
+    "cores busy",
+)
+#: The parties of a burst's CPU windows (burst.cpu_parties), in the table's order; the
+#: conductors are summed.
+CPU_PARTIES = ("api", "scheduler", "conductor", "netctl", "postgresql", "rabbitmq")
+
+
+def cpu_rows(results: list[dict[str, Any]], cores: int) -> list[list[str]]:
+    """Where the machine's cores went while each burst's requests were answered, in CPU
+    seconds per party: which process the requests wait for when the cores are all busy."""
+    rows = []
+    for r in results:
+        label = f"{r.get('system')} N={r.get('nodes')}, {r.get('conductors')} conductor(s)"
+        label += f", {r.get('concurrency')} in flight"
+        for requests, key in (("creations", "create_cpu"), ("deletions", "delete_cpu")):
+            window = r.get(key)
+            if not window:
+                continue
+            used = window["cpu_s"]
+
+            def party(prefix: str, used: dict[str, float] = used) -> float | None:
+                found = [v for name, v in used.items() if name.startswith(prefix)]
+                return round(sum(found), 2) if found else None
+
+            everything = sum(used.values())
+            busy = everything / (window["seconds"] * cores) if window["seconds"] else 0.0
+            rows.append(
+                [label, requests, fmt(window["seconds"])]
+                + [fmt(party(name)) for name in CPU_PARTIES]
+                + [fmt(used.get("benchmark client")), fmt(round(everything, 2)), f"{busy:.0%}"]
+            )
     return rows
 
 
@@ -440,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
         ("Side by side, end to end (one tetsu conductor)", SIDE_COLUMNS,
          side_rows(tetsu, ironic)),
         ("Peak RSS and CPU per process", RSS_COLUMNS, rss_rows(tetsu + ironic)),
+        ("CPU seconds while the requests were answered (each process with its children)",
+         CPU_COLUMNS, cpu_rows(tetsu, len(os.sched_getaffinity(0)))),
         ("Scheduler: one decision (filters, weighers, claim) in PostgreSQL", SCHEDULER_COLUMNS,
          scheduler_rows(scheduler)),
     ]  # fmt: skip

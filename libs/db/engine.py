@@ -14,6 +14,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 from sqlmodel import Session, create_engine
 
 from .availability import OutageLog
+from .prepared import NEVER_BY_ITSELF, prepare_pinned_statements
 
 #: Connections a pool keeps open; a service with many threads asks for more.
 DEFAULT_POOL_SIZE = 10
@@ -57,15 +58,17 @@ def make_engine(url: str, *, echo: bool = False, pool_size: int = DEFAULT_POOL_S
     engine = create_engine(
         url,
         echo=echo,
-        # No server-side prepared statements: after five runs psycopg would prepare a
-        # statement, and PostgreSQL may then plan it once for any parameters; the
-        # scheduler's candidate query took twice as long with such a generic plan.
-        connect_args={"connect_timeout": CONNECT_TIMEOUT, "prepare_threshold": None},
+        # psycopg prepares no statement by itself (after five runs it would prepare
+        # any, and PostgreSQL may then plan one once for any parameters: the scheduler's
+        # candidate query took twice as long with such a generic plan); prepared.py
+        # tells it which to prepare (with None here, psycopg would prepare none at all).
+        connect_args={"connect_timeout": CONNECT_TIMEOUT, "prepare_threshold": NEVER_BY_ITSELF},
         pool_size=pool_size,
         max_overflow=MAX_OVERFLOW,
         hide_parameters=True,
     )
     _ping_when_idle(engine)
+    prepare_pinned_statements(engine)
     return engine
 
 

@@ -34,6 +34,7 @@ from libs.db import (
     TaskState,
     utcnow,
 )
+from libs.db.prepared import PREPARE
 from libs.errors import (
     Forbidden,
     InvalidStateTransition,
@@ -111,12 +112,14 @@ def _tagged(kind: str, statement: Select[Any]) -> Select[Any]:
 
 #: What a creation names, read in one query (a round trip each cost the API more CPU than
 #: the queries): the flavor's ids, the images, and the networks; for admins and members.
+#: Prepared (libs.db.prepared): each part finds its rows by a key or a unique name, and
+#: PostgreSQL planned it anew at every creation (0.26 ms a time, more than it ran).
 _REFERENCES = {
     admin: union_all(
         _tagged("flavor", FLAVOR_IDS),
         _tagged("image", images),
         _tagged("network", _SELECT_NETWORKS),
-    )
+    ).execution_options(**{PREPARE: True})
     for admin, images in ((True, ANY_IMAGES_BY_REF), (False, VISIBLE_IMAGES_BY_REF))
 }
 _GONE = (InstanceStatus.DELETING.value, InstanceStatus.DELETED.value)

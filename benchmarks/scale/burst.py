@@ -189,14 +189,18 @@ def prepare_cloud(admin: httpx.Client, stack: Stack) -> dict[str, str]:
     return {"token": token, "image": image["id"], "network": network["id"]}
 
 
-def enroll(admin: httpx.Client, count: int, concurrency: int) -> dict[str, Any]:
-    """``count`` fake nodes with a port each, managed and provided (cleaned), over REST."""
+def enroll(stack: Stack, admin: httpx.Client, count: int, concurrency: int) -> dict[str, Any]:
+    """``count`` fake nodes with a port each, managed and provided (cleaned), over REST:
+    ``concurrency`` threads, each on a connection of its own (BurstClient; one httpx
+    client shared by fifty threads once failed a request with EBADF when the API asked
+    for a connection to be closed), and ``admin`` to watch them become available."""
+    client = BurstClient(stack.endpoint, {"Authorization": f"Bearer {stack.admin_token}"})
     latencies = Latencies()
     locked_retries: list[str] = []
 
     def one(i: int) -> str:
         node = expect(
-            admin.post(
+            client.post(
                 "/v1/nodes",
                 json={
                     "name": f"scale-{i:06d}",
@@ -208,14 +212,14 @@ def enroll(admin: httpx.Client, count: int, concurrency: int) -> dict[str, Any]:
             201,
         )
         mac = "52:54:" + ":".join(f"{(i >> shift) & 0xFF:02x}" for shift in (24, 16, 8, 0))
-        expect(admin.post("/v1/ports", json={"address": mac, "node_id": node["id"]}), 201)
+        expect(client.post("/v1/ports", json={"address": mac, "node_id": node["id"]}), 201)
         for target in ("manage", "provide"):
             path = f"/v1/nodes/{node['id']}/states/provision"
             for attempt in range(RETRIES + 1):
                 # The conductor still holds the node for the manage it was just asked for
                 # (it waits 3 s for a lock, as Ironic's does): try again, as Ironic's client
                 # does on its 409 NodeLocked.
-                response = admin.put(path, json={"target": target})
+                response = client.put(path, json={"target": target})
                 if response.status_code == 409 and attempt < RETRIES and node_locked(response):
                     locked_retries.append(str(node["id"]))
                     time.sleep(1.0)
@@ -225,7 +229,8 @@ def enroll(admin: httpx.Client, count: int, concurrency: int) -> dict[str, Any]:
         return str(node["id"])
 
     started = time.perf_counter()
-    ids = burst(range(count), one, concurrency=concurrency, latencies=latencies)
+    with client:
+        ids = burst(range(count), one, concurrency=concurrency, latencies=latencies)
     if latencies.failures:
         raise RuntimeError(f"enrolment failed: {latencies.failures[:3]}")
     wait_until(
@@ -241,7 +246,7 @@ def enroll(admin: httpx.Client, count: int, concurrency: int) -> dict[str, Any]:
     }
 
 
-def node_locked(response: httpx.Response) -> bool:
+def node_locked(response: httpx.Response | Reply) -> bool:
     try:
         return bool(response.json()["error"]["code"] == "node_locked")
     except (ValueError, KeyError, TypeError):
@@ -297,7 +302,7 @@ def run_burst(
         admin.timeout = httpx.Timeout(120.0)
         cloud = prepare_cloud(admin, stack)
         log(f"[tetsu] enrolling {nodes} nodes over REST ...")
-        enrolled = enroll(admin, nodes, concurrency)
+        enrolled = enroll(stack, admin, nodes, concurrency)
         result["enroll_s"] = enrolled["seconds"]
         result["enroll_retries_after_node_locked"] = enrolled["retries_after_node_locked"]
         log(f"[tetsu] {nodes} nodes available after {result['enroll_s']} s")
@@ -446,14 +451,15 @@ def postgres_postmaster(database_url: str) -> int | None:
     try:
         with engine.connect() as connection:
             backend = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            # Read while the connection is open: the backend exits when it closes.
+            try:
+                if b"postgres" not in Path(f"/proc/{backend}/cmdline").read_bytes():
+                    return None
+                stat = Path(f"/proc/{backend}/stat").read_text()
+            except OSError:
+                return None
     finally:
         engine.dispose()
-    try:
-        if b"postgres" not in Path(f"/proc/{backend}/cmdline").read_bytes():
-            return None
-        stat = Path(f"/proc/{backend}/stat").read_text()
-    except OSError:
-        return None
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 

@@ -35,6 +35,18 @@ def test_every_script_explains_itself(script):
     assert "usage:" in done.stdout and "--nodes" in done.stdout
 
 
+def test_the_ceiling_script_explains_itself():
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "ceiling.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "usage:" in done.stdout and "--in-flight" in done.stdout
+
+
 @pytest.fixture
 def stack(amqp_url: str, tmp_path: Path) -> Iterator[Stack]:
     name, url = create_database()
@@ -52,6 +64,15 @@ def test_a_small_burst_goes_to_active_and_back(stack):
         latency = result[f"{phase}_latency"]
         assert latency["requests"] == NODES and latency["failed"] == 0, latency
         assert latency["p50_ms"] <= latency["p99_ms"]
+        # Where the cores went meanwhile: each service, and the servers on this machine.
+        window = result[f"{phase}_cpu"]
+        assert window["seconds"] > 0
+        assert {"api", "scheduler", "conductor-1", "netctl", "postgresql", "rabbitmq"} <= set(
+            window["cpu_s"]
+        )
+        # A few requests take a clock tick or two (10 ms) of some party's CPU, none less.
+        assert all(seconds >= 0 for seconds in window["cpu_s"].values())
+        assert sum(window["cpu_s"].values()) > 0
     assert result["active_s"] > 0 and result["available_s"] > 0
     assert result["total_s"] == pytest.approx(result["active_s"] + result["available_s"])
     assert set(result["processes"]) == {"api", "scheduler", "conductor-1", "netctl"}
@@ -69,7 +90,7 @@ def test_a_small_burst_goes_to_active_and_back(stack):
 def test_a_failed_node_stops_the_wait_with_its_reason(stack):
     with stack.client() as admin:
         admin.timeout = httpx.Timeout(60.0)
-        burst.enroll(admin, 1, 1)
+        burst.enroll(stack, admin, 1, 1)
         node = admin.get("/v1/nodes").json()["nodes"][0]
         admin.patch(f"/v1/nodes/{node['id']}", json={"driver_info": {"fake_fail_clean": "disk"}})
         admin.put(f"/v1/nodes/{node['id']}/states/provision", json={"target": "manage"})

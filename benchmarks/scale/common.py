@@ -295,10 +295,8 @@ def descendants(pid: int) -> list[int]:
 
 def cpu_seconds(pid: int) -> float | None:
     """User plus system CPU time the process has used so far."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return None
+    figures = _own_and_reaped_seconds(pid)
+    return None if figures is None else figures[0]
 
 
 def _own_and_reaped_seconds(pid: int) -> tuple[float, float] | None:

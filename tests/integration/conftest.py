@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from libs.db import upgrade
+from libs.db import Database, upgrade
 from tests.integration.rabbitnode import create_vhost, delete_vhost
 
 
@@ -60,3 +60,19 @@ def pg_url() -> Iterator[str]:
     name, url = create_database()
     yield url
     drop_database(name)
+
+
+@pytest.fixture
+def pg_database(pg_url: str) -> Iterator[Callable[[int], Database]]:
+    """Makes a Database on this test's fresh PostgreSQL database with a pool of the size
+    the test needs (one, to see a connection reused; two, to hold a lock on one); each
+    is disposed of afterwards."""
+    made: list[Database] = []
+
+    def make(pool_size: int) -> Database:
+        made.append(Database(pg_url, pool_size=pool_size))
+        return made[-1]
+
+    yield make
+    for database in made:
+        database.dispose()

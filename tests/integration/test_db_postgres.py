@@ -6,7 +6,7 @@ parameters)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -21,12 +21,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def db(pg_url: str) -> Iterator[Database]:
-    database = Database(pg_url, pool_size=1)
-    try:
-        yield database
-    finally:
-        database.dispose()
+def db(pg_database: Callable[[int], Database]) -> Database:
+    return pg_database(1)  # one connection: each session reuses it
 
 
 def _status(session: Session) -> psycopg.pq.TransactionStatus:

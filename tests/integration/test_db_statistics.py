@@ -4,7 +4,7 @@ since, and the plan of a claim then reads the node by its primary key."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 from sqlalchemy import insert, text
@@ -18,12 +18,8 @@ NODES = 400
 
 
 @pytest.fixture
-def db(pg_url: str) -> Iterator[Database]:
-    database = Database(pg_url, pool_size=2)
-    try:
-        yield database
-    finally:
-        database.dispose()
+def db(pg_database: Callable[[int], Database]) -> Database:
+    return pg_database(2)  # the lock test holds one connection while the job uses another
 
 
 def enroll(db: Database, count: int) -> list[str]:

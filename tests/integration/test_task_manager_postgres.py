@@ -5,13 +5,13 @@ must let go of the lock itself."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
-from libs.db import Database, Node, Port, PowerState, upgrade
+from libs.db import Database, Node, Port, PowerState
 from libs.errors import NodeLocked
 from libs.notify import MemoryNotificationBus, Notifier
 from libs.rpc import RequestContext
@@ -26,13 +26,8 @@ HOST = "conductor-pg"
 
 
 @pytest.fixture
-def db(pg_url: str) -> Iterator[Database]:
-    upgrade(pg_url)
-    database = Database(pg_url, pool_size=2)
-    try:
-        yield database
-    finally:
-        database.dispose()
+def db(pg_database: Callable[[int], Database]) -> Database:
+    return pg_database(2)
 
 
 @pytest.fixture

@@ -77,11 +77,11 @@ def workers_paused(stack: Stack) -> Iterator[None]:
             os.kill(pid, signal.SIGCONT)
 
 
-def measure(stack: Stack, cloud: dict[str, str], requests: int, in_flight: int) -> dict[str, Any]:
+def measure(
+    stack: Stack, cloud: dict[str, str], meter: CpuMeter, requests: int, in_flight: int
+) -> dict[str, Any]:
     """``requests`` creations, ``in_flight`` at a time; their rate, latency and CPU."""
     body = {"flavor": FLAVOR, "image": cloud["image"], "networks": [cloud["network"]]}
-    parties = {k: v for k, v in cpu_parties(stack).items() if not k.startswith(WORKERS)}
-    meter = CpuMeter(parties)
     latencies = Latencies()
     with BurstClient(stack.endpoint, {"Authorization": f"Bearer {cloud['token']}"}) as client:
 
@@ -149,11 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     with tetsu_stack(1, api_workers=args.api_workers) as stack:
         with stack.client() as admin:
             cloud = prepare_cloud(admin, stack)
+        parties = cpu_parties(stack)
+        meter = CpuMeter({k: v for k, v in parties.items() if not k.startswith(WORKERS)})
         with workers_paused(stack):
-            measure(stack, cloud, min(200, args.requests), in_flight[0])  # warm up
+            measure(stack, cloud, meter, min(200, args.requests), in_flight[0])  # warm up
             for count in in_flight:
                 log(f"[ceiling] {args.requests} creations, {count} at a time, workers paused")
-                results.append(measure(stack, cloud, args.requests, count))
+                results.append(measure(stack, cloud, meter, args.requests, count))
     print(f"The API alone ({args.api_workers} process(es)), workers paused. Machine: {facts}")
     print(text_table(COLUMNS, [row(r) for r in results]))
     if args.json:

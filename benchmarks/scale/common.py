@@ -275,8 +275,8 @@ def peak_rss_mib(pid: int) -> float | None:
     return None if kib is None else round(kib / 1024, 1)
 
 
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it (children of children too)."""
+def process_children() -> dict[int, list[int]]:
+    """Every running process's children, by the parent's pid (one read of /proc)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -285,6 +285,14 @@ def descendants(pid: int) -> list[int]:
             stat = (entry / "stat").read_text()
             parent = int(stat.rsplit(")", 1)[1].split()[1])
             children.setdefault(parent, []).append(int(entry.name))
+    return children
+
+
+def descendants(pid: int, children: dict[int, list[int]] | None = None) -> list[int]:
+    """``pid`` and every process below it (children of children too), from ``children``
+    (:func:`process_children`, read now when not given)."""
+    if children is None:
+        children = process_children()
     found, todo = [], [pid]
     while todo:
         current = todo.pop()
@@ -310,15 +318,16 @@ def _own_and_reaped_seconds(pid: int) -> tuple[float, float] | None:
     return None
 
 
-def tree_cpu_seconds(pid: int) -> float | None:
-    """CPU time of ``pid`` and every process below it so far, counting those that have
-    exited and been reaped (PostgreSQL's backends come and go): a difference of two of
-    these is what the tree used in between."""
+def tree_cpu_seconds(pid: int, children: dict[int, list[int]] | None = None) -> float | None:
+    """CPU time of ``pid`` and every process below it so far (``children`` as for
+    :func:`descendants`), counting those that have exited and been reaped (PostgreSQL's
+    backends come and go): a difference of two of these is what the tree used in
+    between."""
     root = _own_and_reaped_seconds(pid)
     if root is None:
         return None
     total = root[0] + root[1]
-    for child in descendants(pid)[1:]:
+    for child in descendants(pid, children)[1:]:
         figures = _own_and_reaped_seconds(child)
         if figures is not None:
             total += figures[0] + figures[1]
@@ -352,8 +361,10 @@ class CpuMeter:
 
     def _now(self) -> dict[str, float]:
         now = {}
+        children = process_children()  # one read of /proc for every party's tree
         for name, pid in self.parties.items():
-            seconds = cpu_seconds(pid) if pid == os.getpid() else tree_cpu_seconds(pid)
+            own = pid == os.getpid()  # its tree holds the services it started
+            seconds = cpu_seconds(pid) if own else tree_cpu_seconds(pid, children)
             if seconds is not None:
                 now[name] = seconds
         return now
